@@ -119,6 +119,16 @@ class Route:
         return self.review_reason is not None
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A classified still and what the routing policy decided for it."""
+
+    site_id: str
+    frame: Frame
+    prediction: Prediction
+    route: Route
+
+
 @dataclass(slots=True)
 class SourceStatus:
     """Health of one camera as its source sees it; mutated only by the source itself."""

@@ -1,0 +1,241 @@
+"""Composition root: build the store, model, sources and pipeline from a config, run, stop.
+
+Nothing else in the project wires components together. :class:`Core` holds what both
+jobs share (database, snapshots, classifier, metrics, pipeline); :class:`LiveMonitor`
+adds the sampler and the metrics endpoint for `monitor run`, and :func:`scan_sources`
+drives finite sources as fast as possible for `monitor scan`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, start_http_server
+from sqlalchemy.engine import Engine
+
+from monitor.config import CameraConfig, MonitorConfig, SiteConfig
+from monitor.metrics import Metrics
+from monitor.model import load_model
+from monitor.model.base import Classifier
+from monitor.pipeline import CameraRouting, InferenceWorker, Pipeline
+from monitor.sample_queue import SampleQueue
+from monitor.sampler import Sampler
+from monitor.sources import create_source
+from monitor.sources.base import Source, SourceError
+from monitor.store import (
+    SnapshotStore,
+    add_frame_counts,
+    create_engine_for,
+    init_schema,
+    record_predictions,
+    session_scope,
+    sync_sites_and_cameras,
+)
+from monitor.types import Frame, Outcome
+from rollout.policy import ManualPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Core:
+    """What every job needs: storage, the model, metrics and a pipeline.
+
+    Attributes:
+        sites: camera id -> site id, for every configured camera.
+    """
+
+    config: MonitorConfig
+    engine: Engine
+    snapshots: SnapshotStore
+    classifier: Classifier
+    metrics: Metrics
+    pipeline: Pipeline
+    sites: dict[str, str]
+
+    def count_dropped(self, frame: Frame) -> None:
+        """Count a still the sample queue dropped, in metrics and the hourly counts."""
+        self.metrics.samples_dropped.labels(self.sites[frame.camera_id], frame.camera_id).inc()
+        try:
+            with session_scope(self.engine) as session:
+                add_frame_counts(frame.camera_id, frame.captured_at, dropped=1, session=session)
+        except Exception as exc:  # counting must never stop sampling
+            log.warning("could not count a dropped still for %s: %s", frame.camera_id, exc)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build_core(
+    config: MonitorConfig,
+    *,
+    registry: CollectorRegistry | None = None,
+    classifier: Classifier | None = None,
+    on_outcomes: Callable[[list[Outcome]], None] | None = None,
+    rng: random.Random | None = None,
+) -> Core:
+    """Open the database and snapshot folder, load the model and build the pipeline.
+
+    Args:
+        config: a validated config.
+        registry: metrics registry; a fresh one by default.
+        classifier: an already-loaded model; loaded from ``config.model`` by default.
+        on_outcomes: called with each stored batch.
+        rng: random source for review sampling.
+
+    Raises:
+        StoreError: the database or snapshot folder cannot be used.
+        ModelError: the model cannot be loaded.
+    """
+    engine = create_engine_for(config.database)
+    init_schema(engine)
+    snapshots = SnapshotStore(Path(config.snapshots))
+    snapshots.sweep_temp()
+    with session_scope(engine) as session:
+        sync_sites_and_cameras(config, session=session)
+    if classifier is None:
+        classifier = load_model(config.model, cache_dir=Path(config.model_cache))
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    routing = {
+        camera.id: CameraRouting(site_id=site.id, threshold=config.threshold_for(camera))
+        for site, camera in config.cameras()
+    }
+
+    def persist(outcomes: list[Outcome]) -> None:
+        with session_scope(engine) as session:
+            record_predictions(outcomes, session=session, snapshots=snapshots)
+
+    pipeline = Pipeline(
+        classifier=classifier,
+        policy=ManualPolicy(config.pipeline.negative_sample_rate, rng),
+        persist=persist,
+        cameras=routing,
+        alert_labels=config.alert_labels,
+        metrics=metrics,
+        on_outcomes=on_outcomes,
+    )
+    sites = {camera_id: r.site_id for camera_id, r in routing.items()}
+    return Core(config, engine, snapshots, classifier, metrics, pipeline, sites)
+
+
+class LiveMonitor:
+    """`monitor run`: sample every enabled camera on its interval until stopped.
+
+    Args:
+        core: built by :func:`build_core`.
+        serve_metrics: start the /metrics HTTP endpoint from the config.
+    """
+
+    def __init__(self, core: Core, *, serve_metrics: bool = True) -> None:
+        self.core = core
+        config = core.config
+        self.sources: dict[str, Source] = {}
+        statuses = {}
+        intervals = {}
+        for site, camera in config.cameras():
+            if not camera.enabled:
+                continue
+            source = create_source(camera, max_width=config.pipeline.snapshot_max_width)
+            self.sources[camera.id] = source
+            statuses[camera.id] = (site.id, source.status)
+            intervals[camera.id] = camera.every
+        core.metrics.watch_sources(statuses)
+        self.queue: SampleQueue[Frame] = SampleQueue(config.pipeline.queue_size, on_drop=core.count_dropped)
+        self.sampler = Sampler(self.sources, intervals, self.queue, on_sampled=self._sampled)
+        self.worker = InferenceWorker(
+            self.queue, core.pipeline,
+            batch_size=config.pipeline.batch_size, batch_wait=config.pipeline.batch_wait,
+        )
+        self._serve_metrics = serve_metrics and config.metrics.enabled
+        self.metrics_port: int | None = None
+        self._metrics_server = None
+        self._stopped = threading.Event()
+
+    def _sampled(self, frame: Frame) -> None:
+        self.core.metrics.frames_sampled.labels(self.core.sites[frame.camera_id], frame.camera_id).inc()
+        self.core.metrics.queue_depth.set(len(self.queue))
+
+    def start(self) -> None:
+        """Start the metrics endpoint, the inference worker and the sampler."""
+        if self._serve_metrics:
+            metrics = self.core.config.metrics
+            server, _ = start_http_server(metrics.port, metrics.host, registry=self.core.metrics.registry)
+            self._metrics_server = server
+            self.metrics_port = server.server_address[1]
+            log.info("metrics on http://%s:%d/metrics", metrics.host, self.metrics_port)
+        self.worker.start()
+        self.sampler.start()
+        log.info("sampling %d camera(s)", len(self.sources))
+
+    def stop(self) -> None:
+        """Stop sampling, classify and store what was already sampled, release everything."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.sampler.stop()
+        self.worker.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        self.core.close()
+
+
+@dataclass
+class ScanResult:
+    """What scanning one source produced."""
+
+    camera_id: str
+    origin: str
+    samples: int = 0
+    media_seconds: float = 0.0
+    error: str | None = None
+
+
+def scan_sources(
+    core: Core,
+    cameras: Iterable[tuple[SiteConfig, CameraConfig]],
+    *,
+    on_sample: Callable[[Frame], None] | None = None,
+) -> list[ScanResult]:
+    """Read every sample of finite sources as fast as possible and run them through the pipeline.
+
+    Decoding happens on this thread and inference on the worker's, so the two overlap.
+    A source that fails is reported in its result; the others go on.
+
+    Returns:
+        One result per camera, in order.
+    """
+    config = core.config
+    queue: SampleQueue[Frame] = SampleQueue(config.pipeline.queue_size)
+    worker = InferenceWorker(queue, core.pipeline,
+                             batch_size=config.pipeline.batch_size, batch_wait=config.pipeline.batch_wait)
+    worker.start()
+    results = []
+    try:
+        for site, camera in cameras:
+            result = ScanResult(camera_id=camera.id, origin=str(camera.path))
+            results.append(result)
+            try:
+                source = create_source(camera, scan=True, max_width=config.pipeline.snapshot_max_width)
+                with source:
+                    for frame in source.scan():
+                        queue.put(frame)
+                        core.metrics.frames_sampled.labels(site.id, camera.id).inc()
+                        result.samples += 1
+                        if frame.media_ts is not None:
+                            result.media_seconds = max(result.media_seconds, frame.media_ts)
+                        if on_sample is not None:
+                            on_sample(frame)
+                    if source.status.last_error:
+                        result.error = source.status.last_error
+            except SourceError as exc:
+                result.error = str(exc)
+                log.error("%s", exc)
+    finally:
+        worker.stop(timeout=600)
+    return results

@@ -1,0 +1,98 @@
+"""Take a still from every camera every `every` seconds and hand it to the pipeline.
+
+One APScheduler interval job per enabled camera. Jobs are coalesced (a late job runs
+once, not once per missed interval) and never overlap (max_instances=1). A job only
+calls the source's non-blocking ``poll()``: the network waits happen in each live
+source's own reader thread, so one dead camera never delays another.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from monitor.redact import redact_text
+from monitor.sample_queue import QueueClosed, SampleQueue
+from monitor.sources.base import Source
+from monitor.types import Frame
+
+log = logging.getLogger(__name__)
+MAX_JOB_THREADS = 16
+
+
+class Sampler:
+    """Schedules one polling job per camera and offers the stills to a bounded queue.
+
+    Args:
+        sources: camera id -> started-or-not source.
+        intervals: camera id -> seconds between stills.
+        queue: where stills go; full queues drop their oldest sample.
+        on_sampled: called with each frame offered (for metrics); optional.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        intervals: Mapping[str, float],
+        queue: SampleQueue[Frame],
+        on_sampled: Callable[[Frame], None] | None = None,
+    ) -> None:
+        missing = set(sources) - set(intervals)
+        if missing:
+            raise ValueError(f"no interval for cameras {sorted(missing)}")
+        self._sources = dict(sources)
+        self._intervals = dict(intervals)
+        self._queue = queue
+        self._on_sampled = on_sampled
+        workers = max(1, min(MAX_JOB_THREADS, len(self._sources)))
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(workers)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone="UTC",
+        )
+
+    def start(self) -> None:
+        """Start every source and one interval job per camera."""
+        for camera_id, source in self._sources.items():
+            source.start()
+            self._scheduler.add_job(
+                self.sample_once,
+                "interval",
+                args=[camera_id],
+                seconds=self._intervals[camera_id],
+                id=f"sample:{camera_id}",
+                name=f"sample {camera_id}",
+            )
+        self._scheduler.start()
+
+    def sample_once(self, camera_id: str) -> int:
+        """Poll one camera and offer what it returned; returns the number of stills."""
+        source = self._sources[camera_id]
+        try:
+            frames = source.poll()
+        except Exception as exc:  # a broken source must not kill its job
+            source.status.last_error = redact_text(f"{exc.__class__.__name__}: {exc}")
+            log.warning("camera %s: poll failed: %s", camera_id, source.status.last_error)
+            log.debug("poll failure", exc_info=True)
+            return 0
+        for frame in frames:
+            try:
+                self._queue.offer(frame)
+            except QueueClosed:
+                return 0
+            if self._on_sampled is not None:
+                self._on_sampled(frame)
+        return len(frames)
+
+    def stop(self) -> None:
+        """Stop scheduling, wait for running jobs, then close every source."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+        for source in self._sources.values():
+            try:
+                source.close()
+            except Exception:
+                log.debug("closing camera %s failed", source.camera_id, exc_info=True)

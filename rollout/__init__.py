@@ -1,0 +1,1 @@
+"""Control plane: rollout stages, routing policy per stage, gates, promotion and rollback."""
