@@ -97,6 +97,27 @@ def check_config(file: str) -> None:
     click.echo(f"{file}: ok ({len(config.sites)} site(s), {len(cameras)} camera(s), {enabled} enabled)")
 
 
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts", ".mpg", ".mpeg", ".flv"})
+
+
+def _expand_scan_paths(paths: tuple[str, ...]) -> list[Path]:
+    """Files stay as they are; a folder becomes its video files plus itself if it holds stills."""
+    from monitor.sources.stills import IMAGE_SUFFIXES
+
+    expanded: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            expanded.append(path)
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
+        expanded.extend(videos)
+        if not videos or any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+            expanded.append(path)  # a card dump of stills (or an empty folder, reported as such)
+    return expanded
+
+
 def _camera_id_for(path: Path, taken: set[str]) -> str:
     base = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem or path.name).strip("-.")[:48] or "source"
     candidate, n = base, 2
@@ -113,7 +134,7 @@ def _camera_id_for(path: Path, taken: set[str]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors
 def scan(paths: tuple[str, ...], every: str, config_path: str | None, as_json: bool) -> None:
-    """Classify video files and folders of stills as fast as the machine allows."""
+    """Classify video files and folders (their video files and stills) as fast as possible."""
     from monitor.app import build_core, scan_sources
 
     try:
@@ -125,7 +146,8 @@ def scan(paths: tuple[str, ...], every: str, config_path: str | None, as_json: b
             _fail(f"{raw}: no such file or folder; check the path", EXIT_USAGE)
     config = _load(config_path)
     taken = {camera.id for _, camera in config.cameras()}
-    cameras = [CameraConfig(id=_camera_id_for(Path(p), taken), path=p, every=interval) for p in paths]
+    cameras = [CameraConfig(id=_camera_id_for(p, taken), path=str(p), every=interval)
+               for p in _expand_scan_paths(paths)]
     config = config.model_copy(update={"sites": [*config.sites, SiteConfig(id=SCAN_SITE, cameras=cameras)]})
     config = MonitorConfig.model_validate(config.model_dump())
 
@@ -178,7 +200,7 @@ def _print_scan_table(rows: list[dict], wall: float) -> None:
         table.add_column(column, overflow="fold")
     for r in rows:
         labels = ", ".join(f"{k} {v}" for k, v in list(r["labels"].items())[:4])
-        table.add_row(r["source"], str(r["samples"]), str(r["positives"]), str(r["queued"]), labels,
+        table.add_row(Path(r["source"]).name or r["source"], str(r["samples"]), str(r["positives"]), str(r["queued"]), labels,
                       f"{r['media_seconds']:.1f}", r["error"] or "")
     out.print(table)
     media = sum(r["media_seconds"] for r in rows)
