@@ -1,0 +1,219 @@
+"""The store's SQL tables (SQLModel) and the models the API serves.
+
+Responsible for the shape of the data: sites and cameras (mirrored from the config),
+review items (one row per still put in front of a person) and the hourly counts that
+later become baselines. Follows the ``XBase`` / ``X(table=True)`` / ``XPublic``
+convention; nothing ever inherits from a table model.
+
+Choices worth knowing:
+
+* Datetimes are stored as UTC (``timestamptz`` on PostgreSQL, UTC text on SQLite) and
+  always come back timezone-aware in UTC (:class:`UTCDateTime`); naive ones are refused.
+* ``reason`` and ``status`` are plain strings guarded by CHECK constraints, so rows read
+  back as the values (``"positive"``) that templates, JSON and tables print as is; the
+  enums :class:`~monitor.types.QueueReason` and :class:`ReviewStatus` compare equal.
+* Only ids have a length limit (config ids are at most 64 characters); free text such
+  as names, labels, model ids and paths is unbounded, so a long value can never make
+  PostgreSQL refuse a batch that SQLite would have taken.
+* The hourly tables are keyed by (camera, UTC hour[, label]); they are only ever
+  changed by an increment upsert (see :func:`monitor.store.queue.upsert_increments`).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, CheckConstraint, DateTime, Index, String, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from monitor.types import QueueReason
+
+ID_LENGTH = 64
+
+
+class ReviewStatus(str, enum.Enum):
+    """Where a review item stands."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    RELABELLED = "relabelled"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def utc_hour(moment: datetime) -> datetime:
+    """The start of the UTC hour that ``moment`` falls in (the hourly tables' key).
+
+    Raises:
+        ValueError: ``moment`` is naive.
+    """
+    if moment.utcoffset() is None:
+        raise ValueError("hour must be a timezone-aware datetime (e.g. datetime.now(timezone.utc))")
+    return moment.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware datetime stored as UTC and always read back aware, in UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:
+            # A naive value would be read back as UTC although it probably is local time.
+            raise ValueError("datetimes stored must be timezone-aware; use datetime.now(timezone.utc)")
+        value = value.astimezone(timezone.utc)
+        if dialect.name == "sqlite":
+            # SQLite has no time zones; the stored text is UTC without an offset, which
+            # also keeps text comparison and ordering equal to time ordering.
+            value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+JSON_TYPE = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _in_values(column: str, enum_cls: type[enum.Enum]) -> str:
+    return f"{column} IN ({', '.join(repr(m.value) for m in enum_cls)})"
+
+
+# ---------------------------------------------------------------- sites and cameras
+
+
+class SiteBase(SQLModel):
+    name: str = Field(description="display name")
+
+
+class Site(SiteBase, table=True):
+    """A site from the config; kept when removed from the config (items refer to it)."""
+
+    __tablename__ = "sites"
+
+    id: str = Field(primary_key=True, max_length=ID_LENGTH)
+
+
+class SitePublic(SiteBase):
+    id: str
+
+
+class CameraBase(SQLModel):
+    name: str = Field(description="display name")
+    url_display: str = Field(description="the camera's URL or path with credentials masked; never the raw URL")
+    enabled: bool = Field(True, description="false when disabled or no longer in the config")
+
+
+class Camera(CameraBase, table=True):
+    """A camera from the config."""
+
+    __tablename__ = "cameras"
+
+    id: str = Field(primary_key=True, max_length=ID_LENGTH)
+    site_id: str = Field(foreign_key="sites.id", index=True, max_length=ID_LENGTH)
+
+
+class CameraPublic(CameraBase):
+    id: str
+    site_id: str
+
+
+# ---------------------------------------------------------------- review items
+
+
+class ReviewItemBase(SQLModel):
+    site_id: str = Field(foreign_key="sites.id", max_length=ID_LENGTH)
+    camera_id: str = Field(foreign_key="cameras.id", max_length=ID_LENGTH)
+    captured_at: datetime = Field(sa_type=UTCDateTime, description="when the still was captured (UTC)")
+    media_ts: float | None = Field(None, description="seconds into a video file; null for live streams")
+    label: str = Field(description="the model's most probable label")
+    confidence: float = Field(ge=0.0, le=1.0, description="probability of `label`")
+    probabilities: dict[str, float] = Field(
+        default_factory=dict, sa_type=JSON_TYPE, description="every label's probability"
+    )
+    model_id: str = Field(description="model (and version) that made the prediction")
+    review_label: str | None = Field(None, description="the label a reviewer gave when relabelling")
+    reviewed_at: datetime | None = Field(None, sa_type=UTCDateTime, description="when it was reviewed (UTC)")
+
+
+class ReviewItem(ReviewItemBase, table=True):
+    """One still in the review queue; the JPEG lives in the snapshot store."""
+
+    __tablename__ = "review_items"
+    __table_args__ = (
+        CheckConstraint(_in_values("reason", QueueReason), name="ck_review_items_reason"),
+        CheckConstraint(_in_values("status", ReviewStatus), name="ck_review_items_status"),
+        # The queue lists newest first by status; keyset paging walks these backwards.
+        Index("ix_review_items_status_id", "status", "id"),
+        Index("ix_review_items_site_id_id", "site_id", "id"),
+        Index("ix_review_items_camera_id_id", "camera_id", "id"),
+        Index("ix_review_items_camera_captured", "camera_id", "captured_at"),
+        # Ids are never reused, so a page boundary (before_id) stays meaningful.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    reason: str = Field(sa_type=String(32), description="a QueueReason value")
+    status: str = Field(
+        default=ReviewStatus.PENDING.value,
+        sa_type=String(32),
+        sa_column_kwargs={"server_default": ReviewStatus.PENDING.value},
+        description="a ReviewStatus value",
+    )
+    snapshot: str = Field(description="JPEG path relative to the snapshot root")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ReviewItemPublic(ReviewItemBase):
+    """A review item as the API serves it: no file-system path (the API serves the JPEG
+    itself under the item's id)."""
+
+    id: int
+    reason: QueueReason
+    status: ReviewStatus
+    created_at: datetime
+
+
+# ---------------------------------------------------------------- hourly counts
+
+_COUNT = {"ge": 0, "sa_column_kwargs": {"server_default": text("0")}}
+
+
+class CameraHour(SQLModel, table=True):
+    """Per camera per UTC hour: stills sampled, stills that failed, samples dropped."""
+
+    __tablename__ = "camera_hours"
+    __table_args__ = (Index("ix_camera_hours_hour", "hour"),)
+
+    camera_id: str = Field(foreign_key="cameras.id", primary_key=True, max_length=ID_LENGTH)
+    hour: datetime = Field(sa_type=UTCDateTime, primary_key=True, description="start of the UTC hour")
+    frames: int = Field(0, **_COUNT)  # type: ignore[arg-type]
+    failed: int = Field(0, **_COUNT)  # type: ignore[arg-type]
+    dropped: int = Field(0, **_COUNT)  # type: ignore[arg-type]
+
+
+class LabelHour(SQLModel, table=True):
+    """Per camera per UTC hour per predicted label: predictions and positives."""
+
+    __tablename__ = "label_hours"
+    __table_args__ = (Index("ix_label_hours_hour", "hour"),)
+
+    camera_id: str = Field(foreign_key="cameras.id", primary_key=True, max_length=ID_LENGTH)
+    hour: datetime = Field(sa_type=UTCDateTime, primary_key=True, description="start of the UTC hour")
+    label: str = Field(primary_key=True)
+    predictions: int = Field(0, **_COUNT)  # type: ignore[arg-type]
+    positives: int = Field(0, **_COUNT)  # type: ignore[arg-type]
