@@ -13,6 +13,7 @@ import random
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -61,11 +62,18 @@ class Core:
     def count_dropped(self, frame: Frame) -> None:
         """Count a still the sample queue dropped, in metrics and the hourly counts."""
         self.metrics.samples_dropped.labels(self.sites[frame.camera_id], frame.camera_id).inc()
+        self._count_frames(frame.camera_id, frame.captured_at, dropped=1)
+
+    def count_failed(self, camera_id: str, count: int) -> None:
+        """Count stills a source failed to deliver in the hourly counts."""
+        self._count_frames(camera_id, datetime.now(timezone.utc), failed=count)
+
+    def _count_frames(self, camera_id: str, when: datetime, **counts: int) -> None:
         try:
             with session_scope(self.engine) as session:
-                add_frame_counts(frame.camera_id, frame.captured_at, dropped=1, session=session)
+                add_frame_counts(camera_id, when, session=session, **counts)
         except Exception as exc:  # counting must never stop sampling
-            log.warning("could not count a dropped still for %s: %s", frame.camera_id, exc)
+            log.warning("could not update the hourly counts of %s: %s", camera_id, exc)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -146,7 +154,8 @@ class LiveMonitor:
             intervals[camera.id] = camera.every
         core.metrics.watch_sources(statuses)
         self.queue: SampleQueue[Frame] = SampleQueue(config.pipeline.queue_size, on_drop=core.count_dropped)
-        self.sampler = Sampler(self.sources, intervals, self.queue, on_sampled=self._sampled)
+        self.sampler = Sampler(self.sources, intervals, self.queue, on_sampled=self._sampled,
+                               on_failed=core.count_failed)
         self.worker = InferenceWorker(
             self.queue, core.pipeline,
             batch_size=config.pipeline.batch_size, batch_wait=config.pipeline.batch_wait,

@@ -226,13 +226,20 @@ def _demo_config() -> MonitorConfig:
 @main.command()
 @config_option
 @click.option("--duration", type=str, default=None, help="Stop after this long (e.g. 30s); default: until signalled.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /metrics on this port instead of the config's (0 picks a free one).")
 @user_errors
-def run(config_path: str | None, duration: str | None) -> None:
+def run(config_path: str | None, duration: str | None, metrics_port: int | None) -> None:
     """Sample every enabled camera on its interval until SIGTERM or Ctrl-C."""
     from monitor.app import LiveMonitor, build_core
 
-    limit = parse_duration(duration) if duration else None
+    try:
+        limit = parse_duration(duration) if duration else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--duration") from None
     config = _load(config_path) if config_path else _demo_config()
+    if metrics_port is not None:
+        config = config.model_copy(update={"metrics": config.metrics.model_copy(update={"port": metrics_port})})
     if not any(camera.enabled for _, camera in config.cameras()):
         _fail("no enabled cameras in the config; add one under sites[].cameras", EXIT_USAGE)
     core = build_core(config)

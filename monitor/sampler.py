@@ -31,6 +31,8 @@ class Sampler:
         intervals: camera id -> seconds between stills.
         queue: where stills go; full queues drop their oldest sample.
         on_sampled: called with each frame offered (for metrics); optional.
+        on_failed: called with (camera id, count) when a source reports new failed
+            stills (for the hourly counts); optional.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class Sampler:
         intervals: Mapping[str, float],
         queue: SampleQueue[Frame],
         on_sampled: Callable[[Frame], None] | None = None,
+        on_failed: Callable[[str, int], None] | None = None,
     ) -> None:
         missing = set(sources) - set(intervals)
         if missing:
@@ -47,6 +50,8 @@ class Sampler:
         self._intervals = dict(intervals)
         self._queue = queue
         self._on_sampled = on_sampled
+        self._on_failed = on_failed
+        self._failed_seen = {camera_id: 0 for camera_id in self._sources}
         workers = max(1, min(MAX_JOB_THREADS, len(self._sources)))
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(workers)},
@@ -78,6 +83,8 @@ class Sampler:
             log.warning("camera %s: poll failed: %s", camera_id, source.status.last_error)
             log.debug("poll failure", exc_info=True)
             return 0
+        finally:
+            self._report_failures(camera_id, source)
         for frame in frames:
             try:
                 self._queue.offer(frame)
@@ -86,6 +93,14 @@ class Sampler:
             if self._on_sampled is not None:
                 self._on_sampled(frame)
         return len(frames)
+
+    def _report_failures(self, camera_id: str, source: Source) -> None:
+        failed = source.status.frames_failed
+        new = failed - self._failed_seen[camera_id]
+        if new > 0:
+            self._failed_seen[camera_id] = failed
+            if self._on_failed is not None:
+                self._on_failed(camera_id, new)
 
     def stop(self) -> None:
         """Stop scheduling, wait for running jobs, then close every source."""
