@@ -21,7 +21,7 @@ SECRET_QUERY_KEYS = frozenset(
 # scheme://userinfo@ anywhere in free text (error messages, log lines)
 _USERINFO_IN_TEXT = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s@]+)@")
 _SECRET_PARAM_IN_TEXT = re.compile(
-    r"(?P<key>[?&](?:" + "|".join(sorted(SECRET_QUERY_KEYS)) + r"))=(?P<value>[^&\s'\"]+)",
+    r"(?P<key>[?&](?:" + "|".join(sorted(SECRET_QUERY_KEYS)) + r"))=(?P<value>[^&\s'\":;,)]+)",
     re.IGNORECASE,
 )
 

@@ -39,3 +39,10 @@ def test_logging_filter_scrubs_formatted_arguments(caplog):
         logger.info("opening %s", "rtsp://admin:hunter2@cam/live")
     assert "hunter2" not in caplog.text
     assert "rtsp://***@cam/live" in caplog.text
+
+
+def test_redact_text_keeps_what_follows_a_secret_and_is_idempotent():
+    message = "open failed for http://cam/live?token=s3cr3t: connection refused"
+    once = redact_text(message)
+    assert once == "open failed for http://cam/live?token=***: connection refused"
+    assert redact_text(once) == once
