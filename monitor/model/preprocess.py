@@ -5,6 +5,20 @@ ONNX runtime, the torch runtime and the build-time checks feed a model exactly t
 numbers: take the centred square that a "resize the short side to size / crop_pct, then
 centre-crop size x size" would keep, resize it to ``size`` x ``size`` with Pillow in one
 step, then normalise ``(x / 255 - mean) / std`` into a float32 NCHW batch.
+
+Models trained with fastai saw other validation transforms, so a spec names its resize
+policy (``RESIZE_POLICIES``):
+
+* ``short-side-then-centre-crop`` (timm's eval transform; the built-in model);
+* ``squash-then-centre-crop``: fastai's ``RandomResizedCrop`` on the validation set (squash
+  the whole image to ``round(size / crop_pct)`` square, ignoring its aspect ratio, then
+  centre-crop ``size``; ``crop_pct = size / (size + val_xtra pixels)``), and fastai's
+  ``Resize(method="squish")`` with ``crop_pct = 1``;
+* ``centre-square-then-resize``: fastai's ``Resize(method="crop")`` on the validation set
+  (the largest centred square, with fastai's integer rounding, resized to ``size``).
+
+The fastai policies repeat fastai's own Pillow calls in fastai's order, so the model gets
+exactly the pixels it was validated on (checked on the real photos: identical arrays).
 """
 
 from __future__ import annotations
@@ -19,6 +33,9 @@ from PIL import Image
 Interpolation = Literal["bicubic", "bilinear"]
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 RESIZE_POLICY = "short-side-then-centre-crop"
+SQUASH_POLICY = "squash-then-centre-crop"
+CENTRE_SQUARE_POLICY = "centre-square-then-resize"
+RESIZE_POLICIES = (RESIZE_POLICY, SQUASH_POLICY, CENTRE_SQUARE_POLICY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +48,7 @@ class PreprocessSpec:
         interpolation: Pillow resampling filter used for the resize.
         mean: per-channel (R, G, B) mean subtracted after scaling pixels to [0, 1].
         std: per-channel (R, G, B) standard deviation divided by after that.
+        resize: one of ``RESIZE_POLICIES`` (see the module docstring).
     """
 
     size: int = 224
@@ -38,6 +56,7 @@ class PreprocessSpec:
     interpolation: Interpolation = "bicubic"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    resize: str = RESIZE_POLICY
     # Precomputed so that normalisation is one multiply-add per pixel.
     _scale: np.ndarray = field(init=False, repr=False, compare=False)
     _offset: np.ndarray = field(init=False, repr=False, compare=False)
@@ -52,6 +71,8 @@ class PreprocessSpec:
                 f"PreprocessSpec.interpolation must be one of {sorted(_RESAMPLE)}, "
                 f"got {self.interpolation!r}"
             )
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"unknown resize policy {self.resize!r}; use one of {list(RESIZE_POLICIES)}")
         mean = tuple(float(v) for v in self.mean)
         std = tuple(float(v) for v in self.std)
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -72,7 +93,7 @@ class PreprocessSpec:
             "interpolation": self.interpolation,
             "mean": list(self.mean),
             "std": list(self.std),
-            "resize": RESIZE_POLICY,
+            "resize": self.resize,
         }
 
     @classmethod
@@ -83,7 +104,7 @@ class PreprocessSpec:
             ValueError: a missing or invalid value, or an unknown resize policy.
         """
         try:
-            if data.get("resize", RESIZE_POLICY) != RESIZE_POLICY:
+            if data.get("resize", RESIZE_POLICY) not in RESIZE_POLICIES:
                 raise ValueError(f"unknown resize policy {data.get('resize')!r}")
             return cls(
                 size=int(data["size"]),
@@ -91,6 +112,7 @@ class PreprocessSpec:
                 interpolation=data["interpolation"],
                 mean=tuple(data["mean"]),
                 std=tuple(data["std"]),
+                resize=data.get("resize", RESIZE_POLICY),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"invalid preprocessing description: {exc!r}") from None
@@ -111,11 +133,11 @@ def _check_image(image: np.ndarray) -> None:
 
 
 def resize_centre_crop(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Centre-crop and resize one image to ``spec.size`` x ``spec.size``.
+    """Centre-crop and resize one image to ``spec.size`` x ``spec.size`` by ``spec.resize``.
 
-    Equivalent to resizing the short side to ``size / crop_pct`` and centre-cropping,
-    but done as one Pillow resize of the source box: no intermediate image, less work
-    for large frames.
+    For the default policy this equals resizing the short side to ``size / crop_pct`` and
+    centre-cropping, but done as one Pillow resize of the source box: no intermediate
+    image, less work for large frames.
 
     Args:
         image: RGB pixels, shape (height, width, 3), dtype uint8, any size.
@@ -128,16 +150,30 @@ def resize_centre_crop(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         ValueError: ``image`` is not an HxWx3 uint8 array.
     """
     _check_image(image)
-    height, width = image.shape[:2]
-    side = min(height, width) * spec.crop_pct
-    left = (width - side) / 2.0
-    top = (height - side) / 2.0
     pil = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
-    resized = pil.resize(
-        (spec.size, spec.size),
-        _RESAMPLE[spec.interpolation],
-        box=(left, top, left + side, top + side),
-    )
+    resample = _RESAMPLE[spec.interpolation]
+    size = spec.size
+    height, width = image.shape[:2]
+    # The fastai policies copy fastai's order of operations (resize then crop, or crop then
+    # resize) because a one-step box resize filters across the box edge and differs by a
+    # few grey levels from what the model saw in validation.
+    if spec.resize == SQUASH_POLICY:
+        squashed = round(size / spec.crop_pct)
+        offset = (squashed - size) // 2
+        resized = pil.resize((squashed, squashed), resample)
+        if squashed != size:
+            resized = resized.crop((offset, offset, offset + size, offset + size))
+    elif spec.resize == CENTRE_SQUARE_POLICY:
+        # fastai's Resize(method="crop"), with its float-then-int rounding.
+        scale = width / size if width / size < height / size else height / size
+        side = int(scale * size)
+        left, top = int(0.5 * (width - side)), int(0.5 * (height - side))
+        resized = pil.crop((left, top, left + side, top + side)).resize((size, size), resample)
+    else:
+        side = min(height, width) * spec.crop_pct
+        left = (width - side) / 2.0
+        top = (height - side) / 2.0
+        resized = pil.resize((size, size), resample, box=(left, top, left + side, top + side))
     return np.asarray(resized, dtype=np.uint8)
 
 

@@ -10,8 +10,10 @@ first seconds of packets are demuxed, nothing is decoded):
 
 * keyframes only - when t >= the keyframe interval: only keyframe packets whose time
   has come are decoded (``skip_frame = "NONKEY"``), which is many times faster. A sample
-  is then the first *keyframe* at or after the target, so it can be up to one keyframe
-  interval late (exact when t is a multiple of a regular interval).
+  is then the keyframe nearest the target, within half a keyframe interval of it (exact
+  when t is a multiple of a regular interval); where no keyframe falls in that window,
+  that stretch is decoded forward from the previous keyframe instead, so no target is
+  skipped.
 * decode forward - otherwise every frame is decoded and the samples picked from them.
 
 ``scan()`` runs as fast as the machine allows. ``poll()`` replays the file like a camera
