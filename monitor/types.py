@@ -68,12 +68,15 @@ class Prediction:
         confidence: the probability of ``label``, in [0, 1].
         probabilities: every label's probability; they sum to about 1.
         model_id: identifies the model (and version) that made the prediction.
+        crop: the square (x, y, width, height) of the frame that was classified, when the
+            frame was cut into crops (see monitor.model.tiling); None for the whole image.
     """
 
     label: str
     confidence: float
     probabilities: dict[str, float]
     model_id: str
+    crop: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.label not in self.probabilities:
@@ -83,6 +86,8 @@ class Prediction:
         total = sum(self.probabilities.values())
         if not math.isclose(total, 1.0, abs_tol=1e-3):
             raise ValueError(f"Prediction.probabilities must sum to 1, got {total:.4f}")
+        if self.crop is not None and (len(self.crop) != 4 or min(self.crop) < 0 or min(self.crop[2:]) < 1):
+            raise ValueError(f"Prediction.crop must be (x, y, width, height) with a positive size, got {self.crop}")
 
     @classmethod
     def from_probabilities(cls, probabilities: dict[str, float], model_id: str) -> "Prediction":
