@@ -2,8 +2,8 @@
 
 Nothing else in the project wires components together. :class:`Core` holds what both
 jobs share (database, snapshots, classifier, metrics, pipeline); :class:`LiveMonitor`
-adds the sampler and the metrics endpoint for `monitor run`, and :func:`scan_sources`
-drives finite sources as fast as possible for `monitor scan`.
+adds the sampler and the web server (review UI, JSON API and /metrics) for `monitor run`,
+and :func:`scan_sources` drives finite sources as fast as possible for `monitor scan`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from monitor.config import CameraConfig, MonitorConfig, SiteConfig
 from monitor.metrics import Metrics
 from monitor.model import load_model
 from monitor.model.base import Classifier
+from monitor.model.tiling import TiledClassifier
 from monitor.pipeline import CameraRouting, InferenceWorker, Pipeline
 from monitor.sample_queue import SampleQueue
 from monitor.sampler import Sampler
@@ -37,7 +38,9 @@ from monitor.store import (
     session_scope,
     sync_sites_and_cameras,
 )
-from monitor.types import Frame, Outcome
+from monitor.store.migrate import add_missing_columns
+from monitor.types import Frame, Outcome, SourceStatus
+from monitor.web import WebServer, create_web_app
 from rollout.policy import ManualPolicy
 
 log = logging.getLogger(__name__)
@@ -102,12 +105,15 @@ def build_core(
     """
     engine = create_engine_for(config.database)
     init_schema(engine)
+    add_missing_columns(engine)
     snapshots = SnapshotStore(Path(config.snapshots))
     snapshots.sweep_temp()
     with session_scope(engine) as session:
         sync_sites_and_cameras(config, session=session)
     if classifier is None:
         classifier = load_model(config.model, cache_dir=Path(config.model_cache))
+    if config.pipeline.tile_scale > 0:
+        classifier = TiledClassifier(classifier, config.alert_labels, scale=config.pipeline.tile_scale)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     routing = {
         camera.id: CameraRouting(site_id=site.id, threshold=config.threshold_for(camera))
@@ -136,14 +142,15 @@ class LiveMonitor:
 
     Args:
         core: built by :func:`build_core`.
-        serve_metrics: start the /metrics HTTP endpoint from the config.
+        serve_metrics: start the web server (review UI, API, /metrics) on the config's
+            ``metrics.host`` and ``metrics.port``.
     """
 
     def __init__(self, core: Core, *, serve_metrics: bool = True) -> None:
         self.core = core
         config = core.config
         self.sources: dict[str, Source] = {}
-        statuses = {}
+        statuses: dict[str, tuple[str, SourceStatus]] = {}
         intervals = {}
         for site, camera in config.cameras():
             if not camera.enabled:
@@ -153,6 +160,7 @@ class LiveMonitor:
             statuses[camera.id] = (site.id, source.status)
             intervals[camera.id] = camera.every
         core.metrics.watch_sources(statuses)
+        self.statuses = statuses
         self.queue: SampleQueue[Frame] = SampleQueue(config.pipeline.queue_size, on_drop=core.count_dropped)
         self.sampler = Sampler(self.sources, intervals, self.queue, on_sampled=self._sampled,
                                on_failed=core.count_failed)
@@ -162,7 +170,7 @@ class LiveMonitor:
         )
         self._serve_metrics = serve_metrics and config.metrics.enabled
         self.metrics_port: int | None = None
-        self._metrics_server = None
+        self._web_server: WebServer | None = None
         self._stopped = threading.Event()
 
     def _sampled(self, frame: Frame) -> None:
@@ -170,13 +178,22 @@ class LiveMonitor:
         self.core.metrics.queue_depth.set(len(self.queue))
 
     def start(self) -> None:
-        """Start the metrics endpoint, the inference worker and the sampler."""
+        """Start the web server (review UI, API, /metrics), the inference worker and the sampler.
+
+        Raises:
+            WebServerError: the configured address cannot be used.
+        """
         if self._serve_metrics:
             metrics = self.core.config.metrics
-            server, _ = start_http_server(metrics.port, metrics.host, registry=self.core.metrics.registry)
-            self._metrics_server = server
-            self.metrics_port = server.server_address[1]
+            core = self.core
+            app = create_web_app(
+                engine=core.engine, snapshots=core.snapshots, registry=core.metrics.registry,
+                config=core.config, classifier=core.classifier, sources=self.statuses,
+            )
+            self._web_server = WebServer(app, host=metrics.host, port=metrics.port)
+            self.metrics_port = self._web_server.start()
             log.info("metrics on http://%s:%d/metrics", metrics.host, self.metrics_port)
+            log.info("review UI on http://%s:%d/", metrics.host, self.metrics_port)
         self.worker.start()
         self.sampler.start()
         log.info("sampling %d camera(s)", len(self.sources))
@@ -188,9 +205,8 @@ class LiveMonitor:
         self._stopped.set()
         self.sampler.stop()
         self.worker.stop()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+        if self._web_server is not None:
+            self._web_server.stop()
         self.core.close()
 
 

@@ -55,6 +55,7 @@ def user_errors(func):
     from monitor.model.base import ModelError
     from monitor.sources.base import SourceError
     from monitor.store import StoreError
+    from monitor.web.server import WebServerError
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -62,7 +63,7 @@ def user_errors(func):
             return func(*args, **kwargs)
         except ConfigError as exc:
             _fail(str(exc), EXIT_USAGE)
-        except (ModelError, SourceError, StoreError) as exc:
+        except (ModelError, SourceError, StoreError, WebServerError) as exc:
             log.debug("failure", exc_info=True)
             _fail(str(exc), EXIT_FAILURE)
 
@@ -304,6 +305,17 @@ def _item_json(item) -> dict:
         "probabilities": item.probabilities, "model_id": item.model_id,
         "reason": item.reason, "status": item.status, "snapshot": item.snapshot,
     }
+
+
+from monitor.cli_model import COMMANDS as _MODEL_COMMANDS  # noqa: E402  (train, classify, model)
+for _command in _MODEL_COMMANDS:
+    main.add_command(_command)
+
+
+# Review UI, users, API tokens, dataset export and retention (serve, user, token, dataset, prune).
+from monitor.cli_review import COMMANDS as _REVIEW_COMMANDS  # noqa: E402
+for _command in _REVIEW_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

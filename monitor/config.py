@@ -129,14 +129,33 @@ class PipelineConfig(Strict):
     snapshot_max_width: int = Field(
         1280, ge=64, description="snapshots (and the frames classified) are scaled down to this width"
     )
+    tile_scale: int = Field(
+        1, ge=0, le=4,
+        description="0: classify the centred square only; 1: overlapping squares that cover the "
+        "whole frame (as many as the aspect ratio needs); 2-4: a finer grid for small, distant animals",
+    )
 
 
 class MetricsConfig(Strict):
-    """Where `monitor run` serves Prometheus metrics."""
+    """Where `monitor run` serves Prometheus metrics (/metrics) and the review web UI."""
 
-    enabled: bool = Field(True, description="serve /metrics")
+    enabled: bool = Field(True, description="serve /metrics and the review UI")
     host: str = Field("127.0.0.1", description="listen address")
     port: int = Field(9108, ge=0, le=65535, description="listen port (0 picks a free one)")
+
+
+class WebConfig(Strict):
+    """The review web UI (served with /metrics by `monitor run`, alone by `monitor serve`)."""
+
+    secure_cookies: bool = Field(
+        False, description="mark the session cookie Secure; turn on when the UI is served over HTTPS"
+    )
+    session_lifetime: Duration = Field(
+        12 * 3600.0, description="a reviewer stays signed in this long ('12h', '7d')"
+    )
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="largest image the classify page accepts"
+    )
 
 
 class MonitorConfig(Strict):
@@ -159,6 +178,7 @@ class MonitorConfig(Strict):
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="default positive threshold")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
     sites: list[SiteConfig] = Field(default_factory=list, description="sites and their cameras")
 
     @model_validator(mode="after")

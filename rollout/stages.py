@@ -1,4 +1,9 @@
-"""Rollout stages of a site and the transitions allowed between them."""
+"""Rollout stages of a site and the transitions allowed between them.
+
+A site moves one step at a time: up by a promotion, down by a rollback. Stages are
+ordered by how much the site trusts the model, from manual (a person checks everything
+and nobody is alerted) to full (the model alerts everywhere, a sample is audited).
+"""
 
 from __future__ import annotations
 
@@ -30,3 +35,16 @@ class Stage(str, enum.Enum):
 def is_legal_transition(current: Stage, target: Stage) -> bool:
     """Stages move one step at a time, up (promote) or down (rollback)."""
     return abs(current.rank - target.rank) == 1
+
+
+def parse_stage(value: str) -> Stage:
+    """The stage named ``value`` (case-insensitive).
+
+    Raises:
+        ValueError: naming the stages there are.
+    """
+    try:
+        return Stage(str(value).strip().lower())
+    except ValueError:
+        names = ", ".join(s.value for s in Stage)
+        raise ValueError(f"{value!r} is not a rollout stage; use one of {names}") from None

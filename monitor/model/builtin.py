@@ -11,6 +11,11 @@ Responsible for building it once and caching it:
   with a JSON description (labels, preprocessing, weights and graph sha256, model id),
   written atomically; later loads check the JSON and the graph's sha256 and never import
   torch. A missing, corrupt or outdated cache is rebuilt.
+* the cache folder is a model bundle (:mod:`monitor.model.bundle`: model.onnx +
+  bundle.json, whose extra keys here are the build recipe), so the built-in model runs
+  through the same runtime selection as trained bundles
+  (:func:`monitor.model.runtime_torch.open_runtime`), and the folder itself can be given
+  as a bundle path.
 
 Choices measured on the 211 real photos in ../shared/data/bears (zero-shot top-1 over the
 seven labels, 224 px, CPU):
@@ -56,7 +61,8 @@ from monitor.types import NONE_LABEL
 if TYPE_CHECKING:  # torch is imported only when building
     import torch
 
-    from monitor.model.runtime_onnx import OnnxClassifier
+    from monitor.model.base import Classifier
+    from monitor.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,8 @@ MODEL_REF = f"{SCHEME}:{MODEL_NAME}"
 BUILTIN_NAMES = (MODEL_NAME,)
 CACHE_SUBDIR = "builtin-imagenet-bears"
 ONNX_FILE = "model.onnx"
-META_FILE = "model.json"
+META_FILE = "bundle.json"  # the cache folder is a model bundle
+LEGACY_META_FILE = "model.json"  # written before the cache became a bundle
 # Bump when the cache layout or the build recipe changes in a way the JSON does not show.
 CACHE_FORMAT = 1
 
@@ -106,6 +113,7 @@ class CachedModel:
         labels: the output labels, in order.
         preprocess: the preprocessing the graph was validated with.
         meta: the whole JSON description.
+        bundle: the cache folder as a checked model bundle.
     """
 
     onnx_path: Path
@@ -113,6 +121,7 @@ class CachedModel:
     labels: tuple[str, ...]
     preprocess: PreprocessSpec
     meta: dict[str, Any]
+    bundle: Bundle
 
 
 def weights_file() -> Path:
@@ -365,6 +374,13 @@ def read_cache(directory: Path, expected: Mapping[str, Any]) -> tuple[CachedMode
         return None, f"{ONNX_FILE} is unreadable ({exc.__class__.__name__})"
     if actual_sha != meta.get("onnx_sha256"):
         return None, f"{ONNX_FILE} does not match the sha256 in {META_FILE} (corrupt or replaced)"
+    from monitor.model.bundle import read_bundle
+
+    try:
+        # The sha256 was just checked; this checks the keys every bundle must have.
+        bundle = read_bundle(directory, verify_sha256=False)
+    except ModelError as exc:
+        return None, f"{META_FILE} is not a valid bundle ({exc})"
     return (
         CachedModel(
             onnx_path=onnx_path,
@@ -372,20 +388,23 @@ def read_cache(directory: Path, expected: Mapping[str, Any]) -> tuple[CachedMode
             labels=tuple(meta["labels"]),
             preprocess=PreprocessSpec.from_dict(meta["preprocess"]),
             meta=meta,
+            bundle=bundle,
         ),
         "",
     )
 
 
-def load_builtin(name: str, *, cache_dir: Path) -> OnnxClassifier:
-    """Load a built-in model on ONNX Runtime, building its cache on first use.
+def load_builtin(name: str, *, cache_dir: Path, runtime: str | None = None) -> Classifier:
+    """Load a built-in model through the bundle runtimes, building its cache on first use.
 
     Args:
         name: the part after ``builtin:``; one of ``BUILTIN_NAMES``.
         cache_dir: the configured model cache folder.
+        runtime: see :func:`monitor.model.runtime_torch.choose_runtime`; on a machine
+            without a GPU, ``auto`` is ONNX Runtime on the CPU.
 
     Returns:
-        A ready :class:`~monitor.model.runtime_onnx.OnnxClassifier`.
+        A ready classifier (an :class:`~monitor.model.runtime_onnx.OnnxClassifier` on the CPU).
 
     Raises:
         ModelError: unknown name, or the model cannot be built or opened.
@@ -393,12 +412,10 @@ def load_builtin(name: str, *, cache_dir: Path) -> OnnxClassifier:
     if name not in BUILTIN_NAMES:
         known = ", ".join(f"{SCHEME}:{n}" for n in BUILTIN_NAMES)
         raise ModelError(f"unknown built-in model '{SCHEME}:{name}'; use one of: {known}")
-    from monitor.model.runtime_onnx import OnnxClassifier
+    from monitor.model.runtime_torch import open_runtime
 
     cached = ensure_cached(cache_dir)
-    return OnnxClassifier(
-        cached.onnx_path, labels=cached.labels, preprocess=cached.preprocess, model_id=cached.model_id
-    )
+    return open_runtime(cached.bundle, runtime=runtime)
 
 
 @contextlib.contextmanager
@@ -436,7 +453,18 @@ def _build(directory: Path, expected: Mapping[str, Any]) -> None:
     import timm
     import torch
 
+    from monitor.model.bundle import bundle_meta
+
     meta = {
+        **bundle_meta(
+            model_id=model_id_for(expected),
+            labels=LABELS,
+            architecture=ARCHITECTURE,
+            preprocess=PREPROCESS,
+            onnx_sha256=onnx_sha,
+            onnx_file=ONNX_FILE,
+            source="builtin",
+        ),
         **expected,
         "model_id": model_id_for(expected),
         "ref": MODEL_REF,
@@ -454,6 +482,7 @@ def _build(directory: Path, expected: Mapping[str, Any]) -> None:
         "build_seconds": round(time.perf_counter() - started, 2),
     }
     _write_atomically(directory / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    (directory / LEGACY_META_FILE).unlink(missing_ok=True)
     _fsync_dir(directory)
     log.info("built %s in %.1f s", meta["model_id"], meta["build_seconds"])
 

@@ -176,6 +176,12 @@ class ReviewItem(ReviewItemBase, table=True):
     )
     snapshot: str = Field(description="JPEG path relative to the snapshot root")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # Optimistic concurrency: every decision or undo is a compare-and-set on this number,
+    # so a reviewer acting on a stale copy gets a conflict instead of overwriting.
+    version: int = Field(
+        default=0, ge=0, sa_column_kwargs={"server_default": text("0")},
+        description="bumped by every decision and undo",
+    )
 
 
 class ReviewItemPublic(ReviewItemBase):
@@ -186,6 +192,7 @@ class ReviewItemPublic(ReviewItemBase):
     reason: QueueReason
     status: ReviewStatus
     created_at: datetime
+    version: int = 0
 
 
 # ---------------------------------------------------------------- hourly counts
@@ -217,3 +224,99 @@ class LabelHour(SQLModel, table=True):
     label: str = Field(primary_key=True)
     predictions: int = Field(0, **_COUNT)  # type: ignore[arg-type]
     positives: int = Field(0, **_COUNT)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- reviewers and decisions
+
+
+class DecisionAction(str, enum.Enum):
+    """What a reviewer did to an item; ``undo`` reverts the decision it names."""
+
+    APPROVE = "approve"
+    REJECT = "reject"
+    RELABEL = "relabel"
+    UNDO = "undo"
+
+
+class UserBase(SQLModel):
+    name: str = Field(max_length=ID_LENGTH, description="sign-in name")
+
+
+class User(UserBase, table=True):
+    """A reviewer who can sign in; only a password hash (argon2) is kept."""
+
+    __tablename__ = "users"
+    __table_args__ = (Index("ux_users_name", "name", unique=True),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    password_hash: str = Field(description="argon2id hash; never the password")
+    disabled: bool = Field(False, description="a disabled user can neither sign in nor use tokens")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class UserPublic(UserBase):
+    id: int
+    disabled: bool
+    created_at: datetime
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token for scripts; only its SHA-256 is kept (tokens are 256 random bits,
+    so a fast hash is enough, unlike passwords)."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index("ux_api_tokens_hash", "token_hash", unique=True),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    name: str = Field("", description="what the token is for")
+    token_hash: str = Field(max_length=64, description="sha256 hex of the token")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(None, sa_type=UTCDateTime)
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in browser. The cookie holds a random token; only its SHA-256 is kept, so
+    a copy of the database cannot be used to sign in, and signing out really ends it."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    csrf_token: str = Field(description="synchronizer token every form post and cookie API call must echo")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ReviewDecisionBase(SQLModel):
+    item_id: int = Field(foreign_key="review_items.id")
+    reviewer: str = Field(description="the reviewer's name when deciding")
+    action: str = Field(sa_type=String(16), description="a DecisionAction value")
+    previous_status: str = Field(sa_type=String(32))
+    previous_label: str | None = Field(None, description="review_label before")
+    status: str = Field(sa_type=String(32), description="status after")
+    review_label: str | None = Field(None, description="review_label after")
+    note: str | None = Field(None, description="free text from the reviewer")
+    undoes_id: int | None = Field(None, description="for an undo: the decision it reverts")
+    version: int = Field(description="the item's version after this decision")
+    decided_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ReviewDecision(ReviewDecisionBase, table=True):
+    """Append-only history of decisions: rows are only ever inserted (and deleted with
+    their item by an explicit prune of reviewed items)."""
+
+    __tablename__ = "review_decisions"
+    __table_args__ = (
+        CheckConstraint(_in_values("action", DecisionAction), name="ck_review_decisions_action"),
+        Index("ix_review_decisions_item_id", "item_id", "id"),
+        Index("ix_review_decisions_user_id", "user_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id")
+
+
+class ReviewDecisionPublic(ReviewDecisionBase):
+    id: int
