@@ -41,7 +41,9 @@ from monitor.store import (
 from monitor.store.migrate import add_missing_columns
 from monitor.types import Frame, Outcome, SourceStatus
 from monitor.web import WebServer, create_web_app
-from rollout.policy import ManualPolicy
+from rollout.policy import PolicyRefresher, StagePolicy
+from rollout.promote import EvaluationJob, RolloutContext
+from rollout.store import init_rollout_schema
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class Core:
     metrics: Metrics
     pipeline: Pipeline
     sites: dict[str, str]
+    policy_refresher: PolicyRefresher
 
     def count_dropped(self, frame: Frame) -> None:
         """Count a still the sample queue dropped, in metrics and the hourly counts."""
@@ -79,6 +82,7 @@ class Core:
             log.warning("could not update the hourly counts of %s: %s", camera_id, exc)
 
     def close(self) -> None:
+        self.policy_refresher.stop()
         self.engine.dispose()
 
 
@@ -124,9 +128,15 @@ def build_core(
         with session_scope(engine) as session:
             record_predictions(outcomes, session=session, snapshots=snapshots)
 
+    # The routing policy reads each site's rollout stage from a snapshot that a background
+    # thread refreshes, so `rollout promote` reaches this process within seconds.
+    init_rollout_schema(engine)
+    policy = StagePolicy.from_config(config.rollout, rng=rng)
+    refresher = PolicyRefresher(policy, engine, interval=config.rollout.refresh_interval)
+    refresher.start()
     pipeline = Pipeline(
         classifier=classifier,
-        policy=ManualPolicy(config.pipeline.negative_sample_rate, rng),
+        policy=policy,
         persist=persist,
         cameras=routing,
         alert_labels=config.alert_labels,
@@ -134,7 +144,8 @@ def build_core(
         on_outcomes=on_outcomes,
     )
     sites = {camera_id: r.site_id for camera_id, r in routing.items()}
-    return Core(config, engine, snapshots, classifier, metrics, pipeline, sites)
+    metrics.watch_stages(lambda: {site.id: policy.stage_of(site.id).value for site in config.sites})
+    return Core(config, engine, snapshots, classifier, metrics, pipeline, sites, refresher)
 
 
 class LiveMonitor:
@@ -172,6 +183,9 @@ class LiveMonitor:
         self.metrics_port: int | None = None
         self._web_server: WebServer | None = None
         self._stopped = threading.Event()
+        # Gates are evaluated periodically so automatic rollback (when enabled) can act.
+        self.evaluation = EvaluationJob(core.engine, RolloutContext.from_config(config),
+                                        site_ids=[site.id for site in config.sites])
 
     def _sampled(self, frame: Frame) -> None:
         self.core.metrics.frames_sampled.labels(self.core.sites[frame.camera_id], frame.camera_id).inc()
@@ -196,6 +210,7 @@ class LiveMonitor:
             log.info("review UI on http://%s:%d/", metrics.host, self.metrics_port)
         self.worker.start()
         self.sampler.start()
+        self.evaluation.start()
         log.info("sampling %d camera(s)", len(self.sources))
 
     def stop(self) -> None:
@@ -205,6 +220,7 @@ class LiveMonitor:
         self._stopped.set()
         self.sampler.stop()
         self.worker.stop()
+        self.evaluation.stop()
         if self._web_server is not None:
             self._web_server.stop()
         self.core.close()

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from monitor.redact import redact_text
+from rollout.config import RolloutConfig
 from monitor.types import DEFAULT_ALERT_LABELS, NONE_LABEL
 
 DEFAULT_DATA_DIR = Path("monitor-data")
@@ -123,9 +124,6 @@ class PipelineConfig(Strict):
     queue_size: int = Field(
         256, ge=1, description="samples waiting for the classifier; the oldest are dropped beyond it"
     )
-    negative_sample_rate: float = Field(
-        0.05, ge=0.0, le=1.0, description="share of negatives sent to review so misses can be measured"
-    )
     snapshot_max_width: int = Field(
         1280, ge=64, description="snapshots (and the frames classified) are scaled down to this width"
     )
@@ -180,6 +178,9 @@ class MonitorConfig(Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     sites: list[SiteConfig] = Field(default_factory=list, description="sites and their cameras")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig, description="stages: routing per stage, promotion gates, rollback"
+    )
 
     @model_validator(mode="after")
     def _verify(self) -> "MonitorConfig":

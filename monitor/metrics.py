@@ -69,6 +69,33 @@ class Metrics:
         self.registry.register(_SourceCollector(statuses, clock))
 
 
+    def watch_stages(self, stages: Callable[[], Mapping[str, str]]) -> None:
+        """Export each site's rollout stage as ``monitor_site_stage{site, stage} 1``.
+
+        Args:
+            stages: returns site id -> stage name, read at scrape time.
+        """
+        self.registry.register(_StageCollector(stages))
+
+
+class _StageCollector(Collector):
+    STAGES = ("manual", "limited", "expansion", "full")
+
+    def __init__(self, stages: Callable[[], Mapping[str, str]]):
+        self._stages = stages
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("monitor_site_stage", "1 for the rollout stage a site is in",
+                                   labels=["site", "stage"])
+        for site_id, current in self._stages().items():
+            for stage in self.STAGES:
+                family.add_metric([site_id, stage], 1.0 if stage == current else 0.0)
+        return [family]
+
+
 class _SourceCollector(Collector):
     def __init__(self, statuses: Mapping[str, tuple[str, SourceStatus]], clock: Callable[[], float]):
         self._statuses = statuses

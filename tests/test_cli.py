@@ -30,7 +30,7 @@ def workdir(tmp_path: Path, model_cache: Path) -> Path:
         "database": f"sqlite:///{tmp_path}/data/monitor.db",
         "snapshots": str(tmp_path / "data" / "snapshots"),
         "model_cache": str(model_cache),
-        "pipeline": {"negative_sample_rate": 1.0},
+        "rollout": {"routing": {"manual": {"negative_sample_rate": 1.0}}},
     }
     (tmp_path / "monitor.yaml").write_text(yaml.safe_dump(config))
     return tmp_path

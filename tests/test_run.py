@@ -101,7 +101,8 @@ def test_run_samples_live_and_file_cameras_survives_an_outage_and_stops_cleanly(
         "database": f"sqlite:///{tmp_path}/data/monitor.db",
         "snapshots": str(tmp_path / "data" / "snapshots"),
         "model_cache": str(model_cache),
-        "pipeline": {"negative_sample_rate": 1.0, "batch_wait": "20ms"},
+        "pipeline": {"batch_wait": "20ms"},
+        "rollout": {"routing": {"manual": {"negative_sample_rate": 1.0}}},
         "metrics": {"port": 0},
         "sites": [{"id": "park", "cameras": [
             {"id": "gate", "url": server.url(f"viewer:{SECRET}"), "every": "1s", "open_timeout": "3s",

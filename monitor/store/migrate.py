@@ -1,10 +1,10 @@
 """Bring databases created by an earlier release up to the current table shapes.
 
-Responsible for the one column added to an existing table since the first release
-(``review_items.version``). :func:`monitor.store.init_schema` creates missing tables but
+Responsible for the columns added to an existing table since the first release
+(``review_items.version`` and ``crop``). :func:`monitor.store.init_schema` creates missing tables but
 never alters one, so without this a database made before the review UI existed would
 refuse every insert. New tables need nothing here. Replace with real migrations (Alembic)
-when a second change arrives.
+when changes go beyond added columns.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # table -> (column, DDL type and default) added after the table first shipped
 ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
-    "review_items": [("version", "INTEGER NOT NULL DEFAULT 0")],
+    "review_items": [("version", "INTEGER NOT NULL DEFAULT 0"), ("crop", "JSON")],
 }
 
 

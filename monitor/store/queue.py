@@ -130,6 +130,7 @@ def record_predictions(records: Iterable[PredictionRecord], *, session: Session,
                     confidence=float(prediction.confidence),
                     probabilities={k: float(v) for k, v in prediction.probabilities.items()},
                     model_id=prediction.model_id,
+                    crop=list(prediction.crop) if prediction.crop is not None else None,
                     reason=reason.value,
                     snapshot=snapshot,
                 )

@@ -146,6 +146,9 @@ class ReviewItemBase(SQLModel):
         default_factory=dict, sa_type=JSON_TYPE, description="every label's probability"
     )
     model_id: str = Field(description="model (and version) that made the prediction")
+    crop: list[int] | None = Field(
+        None, sa_type=JSON_TYPE, description="[x, y, width, height] of the square crop that fired, in snapshot pixels"
+    )
     review_label: str | None = Field(None, description="the label a reviewer gave when relabelling")
     reviewed_at: datetime | None = Field(None, sa_type=UTCDateTime, description="when it was reviewed (UTC)")
 

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlmodel import Session, select
 
 from monitor.auth import same_secret
-from monitor.store import SnapshotNotFound
+from monitor.store import SnapshotNotFound, StoreError
 from monitor.store.reviews import (
     MAX_PAGE,
     DecisionConflict,
@@ -235,7 +235,20 @@ def _item_page(request: Request, ctx: WebContext, identity: Identity, item_id: i
     probabilities = sorted(item.probabilities.items(), key=lambda kv: -kv[1])
     return render(request, "item.html", identity, status_code=status_code, item=item, history=decisions,
                   probabilities=probabilities, sites=sites, cameras=cameras, error=error,
-                  newer_id=newer, older_id=older)
+                  newer_id=newer, older_id=older, image_size=_snapshot_size(ctx, item))
+
+
+def _snapshot_size(ctx: WebContext, item) -> tuple[int, int] | None:
+    """(width, height) of an item's JPEG, to outline the crop that fired; header read only."""
+    if not item.crop:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(ctx.snapshots.resolve(item.snapshot)) as image:
+            return image.size
+    except (OSError, StoreError):
+        return None
 
 
 @router.get("/items/{item_id}")

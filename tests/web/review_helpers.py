@@ -27,6 +27,7 @@ def outcome(
     confidence: float = 0.9,
     reason: QueueReason = QueueReason.POSITIVE,
     seed: int = 0,
+    crop: tuple[int, int, int, int] | None = None,
 ) -> Outcome:
     others = [name for name in LABELS if name != label]
     probabilities = {label: confidence, **{name: (1.0 - confidence) / len(others) for name in others}}
@@ -34,7 +35,7 @@ def outcome(
     return Outcome(
         site_id=CAMERA_SITE[camera_id],
         frame=Frame(camera_id=camera_id, image=image, captured_at=captured_at),
-        prediction=Prediction(label, confidence, probabilities, "test-model@1"),
+        prediction=Prediction(label, confidence, probabilities, "test-model@1", crop=crop),
         route=Route(positive=reason is QueueReason.POSITIVE, review_reason=reason),
     )
 
