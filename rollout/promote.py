@@ -49,6 +49,10 @@ class RolloutUsageError(RolloutError):
     """A rollout operation asked for wrongly (unknown site, missing reason); exit 2."""
 
 
+class UnknownSite(RolloutUsageError):
+    """The site is not in the config."""
+
+
 class GatesNotPassed(RolloutError):
     """Promotion refused because not every gate passed.
 
@@ -121,7 +125,7 @@ class RolloutContext:
         """Raises RolloutUsageError for a site that is not configured."""
         if self.sites is not None and site_id not in self.sites:
             known = ", ".join(sorted(self.sites)) or "none"
-            raise RolloutUsageError(f"site {site_id!r} is not in the config (sites: {known}); check the id")
+            raise UnknownSite(f"site {site_id!r} is not in the config (sites: {known}); check the id")
 
 
 @dataclass(frozen=True)
