@@ -7,7 +7,6 @@ or 1 (runtime failure); `-v` adds tracebacks to the log.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
@@ -33,41 +32,31 @@ from monitor.config import (
     load_config,
     parse_duration,
 )
+from monitor.cli_errors import EXIT_FAILURE, EXIT_USAGE, fail as _fail, one_line_errors
 from monitor.logs import setup_logging
-from monitor.redact import redact_text
 
 log = logging.getLogger("monitor")
 console = Console(stderr=True)
 out = Console()
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 SCAN_SITE = "scan"
 DEMO_CAMERA = "demo"
 
 
-def _fail(message: str, code: int) -> "NoReturn":  # noqa: F821
-    click.echo(f"error: {redact_text(message)}", err=True)
-    sys.exit(code)
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    return (ConfigError,)
 
 
-def user_errors(func):
-    """Turn the errors a user can cause into one line and an exit code."""
+def _runtime_errors() -> tuple[type[BaseException], ...]:
     from monitor.model.base import ModelError
     from monitor.sources.base import SourceError
     from monitor.store import StoreError
     from monitor.web.server import WebServerError
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except ConfigError as exc:
-            _fail(str(exc), EXIT_USAGE)
-        except (ModelError, SourceError, StoreError, WebServerError) as exc:
-            log.debug("failure", exc_info=True)
-            _fail(str(exc), EXIT_FAILURE)
+    return (ModelError, SourceError, StoreError, WebServerError)
 
-    return wrapper
+
+user_errors = one_line_errors(usage=_usage_errors, failure=_runtime_errors)
 
 
 def _load(config_path: str | None) -> MonitorConfig:

@@ -9,7 +9,6 @@ runtime failure. Passwords and tokens are never logged; a new token is printed o
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 import sys
@@ -21,44 +20,31 @@ from typing import NoReturn
 import click
 
 from monitor.config import DEFAULT_DATA_DIR, ConfigError, MonitorConfig, default_config, load_config, parse_duration
-from monitor.redact import redact_text
 
 log = logging.getLogger("monitor")
 
-EXIT_FAILURE, EXIT_USAGE = 1, 2
+from monitor.cli_errors import EXIT_FAILURE, EXIT_USAGE, fail as _fail, one_line_errors
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {redact_text(message)}", err=True)
-    sys.exit(code)
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    # Imported when a command runs, not when `monitor` starts: the web server pulls in
+    # FastAPI and uvicorn, which `monitor scan` never needs.
+    from monitor.auth import PasswordPolicyError
+    from monitor.dataset import ExportError
+    from monitor.store.users import UnknownUserError, UserExistsError
+
+    return (ConfigError, PasswordPolicyError, UserExistsError, UnknownUserError, ExportError)
 
 
-def review_errors(func):
-    """Turn the errors a user can cause into one line and an exit code."""
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    from monitor.model.base import ModelError
+    from monitor.store import StoreError
+    from monitor.web.server import WebServerError
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        # Imported when a command runs, not when `monitor` starts: the web server pulls in
-        # FastAPI and uvicorn, which `monitor scan` never needs.
-        from monitor.auth import PasswordPolicyError
-        from monitor.dataset import ExportError
-        from monitor.model.base import ModelError
-        from monitor.store import StoreError
-        from monitor.store.users import UnknownUserError, UserExistsError
-        from monitor.web.server import WebServerError
+    return (ModelError, StoreError, WebServerError)
 
-        try:
-            return func(*args, **kwargs)
-        except (ConfigError, PasswordPolicyError, UserExistsError, UnknownUserError, ExportError) as exc:
-            _fail(str(exc), EXIT_USAGE)
-        except (ModelError, StoreError, WebServerError) as exc:
-            log.debug("failure", exc_info=True)
-            _fail(str(exc), EXIT_FAILURE)
-        except OSError as exc:
-            log.debug("failure", exc_info=True)
-            _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), EXIT_FAILURE)
 
-    return wrapper
+review_errors = one_line_errors(usage=_usage_errors, failure=_runtime_errors)
 
 
 config_option = click.option(

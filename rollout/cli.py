@@ -9,7 +9,6 @@ not passed, nothing to promote to, the database failed); `-v` adds tracebacks.
 
 from __future__ import annotations
 
-import functools
 import getpass
 import json
 import logging
@@ -27,36 +26,25 @@ from rich.text import Text
 from rollout.gates import GateReport, Verdict
 
 log = logging.getLogger("rollout")
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from monitor.cli_errors import EXIT_FAILURE, EXIT_USAGE, fail as _fail, one_line_errors
 VERDICT_STYLE = {Verdict.PASS.value: "green", Verdict.FAIL.value: "bold red", Verdict.INSUFFICIENT.value: "yellow"}
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    from monitor.redact import redact_text
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    from monitor.config import ConfigError
+    from rollout.promote import RolloutUsageError
 
-    click.echo(f"error: {redact_text(' '.join(str(message).split()))}", err=True)
-    sys.exit(code)
+    return (ConfigError, RolloutUsageError)
 
 
-def user_errors(func):
-    """Turn the errors a user can cause into one line and an exit code."""
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    from monitor.store import StoreError
+    from rollout.promote import RolloutError
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from monitor.config import ConfigError
-        from monitor.store import StoreError
-        from rollout.promote import RolloutError, RolloutUsageError
+    return (RolloutError, StoreError)
 
-        try:
-            return func(*args, **kwargs)
-        except (ConfigError, RolloutUsageError) as exc:
-            log.debug("usage error", exc_info=True)
-            _fail(str(exc), EXIT_USAGE)
-        except (RolloutError, StoreError) as exc:
-            log.debug("failure", exc_info=True)
-            _fail(str(exc), EXIT_FAILURE)
 
-    return wrapper
+user_errors = one_line_errors(usage=_usage_errors, failure=_runtime_errors)
 
 
 def _out() -> Console:
