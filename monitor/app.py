@@ -115,7 +115,7 @@ def build_core(
     with session_scope(engine) as session:
         sync_sites_and_cameras(config, session=session)
     if classifier is None:
-        classifier = load_model(config.model, cache_dir=Path(config.model_cache))
+        classifier = load_model(config.model, cache_dir=Path(config.model_cache), alert_labels=config.alert_labels)
     if config.pipeline.tile_scale > 0:
         classifier = TiledClassifier(classifier, config.alert_labels, scale=config.pipeline.tile_scale)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())

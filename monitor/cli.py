@@ -44,7 +44,9 @@ DEMO_CAMERA = "demo"
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:
-    return (ConfigError,)
+    from monitor.model.bundle import ModelUsageError
+
+    return (ConfigError, ModelUsageError)
 
 
 def _runtime_errors() -> tuple[type[BaseException], ...]:

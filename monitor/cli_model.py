@@ -8,7 +8,6 @@ monitor.cli (cli.py imports it at its end). Errors a user can hit print one line
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
@@ -21,42 +20,29 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from monitor.cli_errors import EXIT_FAILURE, EXIT_USAGE, fail as _fail, one_line_errors
+
 log = logging.getLogger("monitor")
 err = Console(stderr=True)
 out = Console()
 
-EXIT_FAILURE, EXIT_USAGE = 1, 2
 RUNTIME_CHOICES = ("auto", "onnx-cpu", "torch-cpu", "torch-cuda")
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    from monitor.redact import redact_text
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    from monitor.config import ConfigError
+    from monitor.model.bundle import ModelUsageError
 
-    click.echo(f"error: {redact_text(message)}", err=True)
-    sys.exit(code)
+    return (ConfigError, ModelUsageError)
 
 
-def model_errors(func):
-    """Turn the errors a user can cause into one line and an exit code."""
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    from monitor.model.base import ModelError
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from monitor.config import ConfigError
-        from monitor.model.base import ModelError
-        from monitor.model.bundle import ModelUsageError
+    return (ModelError,)
 
-        try:
-            return func(*args, **kwargs)
-        except ConfigError as exc:
-            _fail(str(exc), EXIT_USAGE)
-        except ModelUsageError as exc:
-            log.debug("usage error", exc_info=True)
-            _fail(str(exc), EXIT_USAGE)
-        except ModelError as exc:
-            log.debug("failure", exc_info=True)
-            _fail(str(exc), EXIT_FAILURE)
 
-    return wrapper
+model_errors = one_line_errors(usage=_usage_errors, failure=_runtime_errors)
 
 
 # --- monitor train ----------------------------------------------------------------------------

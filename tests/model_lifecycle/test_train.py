@@ -73,6 +73,9 @@ def test_metrics_json_is_consistent_with_its_confusion_matrix(trained, bears_dir
         assert row["support"] == matrix[i].sum()
         if matrix[i].sum():
             assert row["recall"] == pytest.approx(matrix[i, i] / matrix[i].sum(), abs=1e-4)
+    assert len(metrics["valid_files"]) == matrix.sum()
+    assert all((bears_dir / name).is_file() for name in metrics["valid_files"])
+    assert "valid_files" not in json.loads((trained.bundle.directory / BUNDLE_FILE).read_text())["metrics"]
     top = metrics["top_losses"]
     assert len(top) == 9
     assert [t["loss"] for t in top] == sorted((t["loss"] for t in top), reverse=True)
