@@ -28,7 +28,8 @@ seven labels, 224 px, CPU):
   0.853 with the ImageNet mean/std (0.768 in ``efficientnet_lite0``).
 * resize: short side to 224/0.875 = 256, centre crop 224, bicubic: 0.972; bilinear 0.967;
   no crop (crop_pct 1.0) 0.962; crop_pct 0.9 0.976 (one photo; kept the standard 0.875);
-  input 240 0.882, 256 0.919 (the weights were trained at 224).
+  input 240 0.882, 256 0.919 (the weights were trained at 224). OpenCV area averaging
+  instead of bicubic: 0.972 too, and 3-4x faster on camera frames, so it is the default.
 
 These agree with timm 1.0's own config for ``tf_efficientnet_lite0`` (mean = std = 0.5,
 bicubic, crop_pct 0.875); ``efficientnet_lite0``'s config (ImageNet mean/std) describes
@@ -97,7 +98,7 @@ IMAGENET_CLASSES: dict[str, tuple[int, ...]] = {
 }
 LABELS: tuple[str, ...] = (*IMAGENET_CLASSES, NONE_LABEL)
 PREPROCESS = PreprocessSpec(
-    size=224, crop_pct=0.875, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+    size=224, crop_pct=0.875, interpolation="area", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
 )
 _NO_CACHE = "no cache yet"
 _RECIPE_KEYS = ("format", "architecture", "weights_sha256", "labels", "imagenet_classes", "preprocess")
