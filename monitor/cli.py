@@ -220,8 +220,11 @@ def _demo_config() -> MonitorConfig:
 @click.option("--duration", type=str, default=None, help="Stop after this long (e.g. 30s); default: until signalled.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve /metrics on this port instead of the config's (0 picks a free one).")
+@click.option("--worker", "worker_name", default=None, metavar="NAME",
+              help="Share the cameras with other workers on the same database through leases; "
+                   "NAME must be unique among them.")
 @user_errors
-def run(config_path: str | None, duration: str | None, metrics_port: int | None) -> None:
+def run(config_path: str | None, duration: str | None, metrics_port: int | None, worker_name: str | None) -> None:
     """Sample every enabled camera on its interval until SIGTERM or Ctrl-C."""
     from monitor.app import LiveMonitor, build_core
 
@@ -234,8 +237,15 @@ def run(config_path: str | None, duration: str | None, metrics_port: int | None)
         config = config.model_copy(update={"metrics": config.metrics.model_copy(update={"port": metrics_port})})
     if not any(camera.enabled for _, camera in config.cameras()):
         _fail("no enabled cameras in the config; add one under sites[].cameras", EXIT_USAGE)
-    core = build_core(config)
-    monitor = LiveMonitor(core)
+    if worker_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", worker_name):
+        raise click.BadParameter("use letters, digits, '_', '-' or '.' (at most 64 characters)",
+                                 param_hint="--worker")
+    core = build_core(config, live=True, worker=worker_name)
+    try:
+        monitor = LiveMonitor(core, worker_name=worker_name)
+    except BaseException:
+        core.close()
+        raise
     stop = threading.Event()
 
     def request_stop(signum, _frame) -> None:
@@ -306,6 +316,12 @@ for _command in _MODEL_COMMANDS:
 # Review UI, users, API tokens, dataset export and retention (serve, user, token, dataset, prune).
 from monitor.cli_review import COMMANDS as _REVIEW_COMMANDS  # noqa: E402
 for _command in _REVIEW_COMMANDS:
+    main.add_command(_command)
+
+
+# Schema upgrades and moving an installation to another database (db upgrade, status, copy).
+from monitor.cli_db import COMMANDS as _DB_COMMANDS  # noqa: E402
+for _command in _DB_COMMANDS:
     main.add_command(_command)
 
 

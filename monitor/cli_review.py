@@ -60,13 +60,11 @@ def _load(config_path: str | None) -> MonitorConfig:
 def _open_store(config: MonitorConfig):
     """The engine with every table present and up to date."""
     from monitor.store import create_engine_for, init_schema
-    from monitor.store.migrate import add_missing_columns
     from rollout.store import init_rollout_schema
 
     engine = create_engine_for(config.database)
     init_schema(engine)
     init_rollout_schema(engine)
-    add_missing_columns(engine)
     return engine
 
 

@@ -18,6 +18,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from monitor.redact import redact_text
 from rollout.config import RolloutConfig
+from monitor.notify_config import NotifyConfig, WorkersConfig
+from monitor.observe_config import DriftConfig, OodConfig
 from monitor.types import DEFAULT_ALERT_LABELS, NONE_LABEL
 
 DEFAULT_DATA_DIR = Path("monitor-data")
@@ -114,6 +116,9 @@ class SiteConfig(Strict):
     id: Identifier = Field(description="unique site id")
     name: str | None = Field(None, description="display name; defaults to the id")
     cameras: list[CameraConfig] = Field(default_factory=list, description="cameras at this site")
+    notify: list[str] = Field(
+        default_factory=list, description="names of notify.targets that get this site's alerts"
+    )
 
 
 class PipelineConfig(Strict):
@@ -181,12 +186,21 @@ class MonitorConfig(Strict):
     rollout: RolloutConfig = Field(
         default_factory=RolloutConfig, description="stages: routing per stage, promotion gates, rollback"
     )
+    notify: NotifyConfig = Field(default_factory=NotifyConfig, description="where alerts go: webhooks, MQTT")
+    workers: WorkersConfig = Field(
+        default_factory=WorkersConfig, description="camera leases of `monitor run --worker NAME` processes"
+    )
+    ood: OodConfig = Field(default_factory=OodConfig, description="out-of-domain signals per frame and their thresholds")
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig, description="drift detection against each site's baseline: windows, tests, levels"
+    )
 
     @model_validator(mode="after")
     def _verify(self) -> "MonitorConfig":
         verify_unique_ids(self)
         verify_alert_labels(self)
         verify_database_url(self)
+        verify_notify_targets(self)
         return self
 
     def cameras(self) -> list[tuple[SiteConfig, CameraConfig]]:
@@ -248,6 +262,18 @@ def verify_database_url(config: MonitorConfig) -> None:
             f"database {redact_text(config.database)!r} is not supported; use "
             "sqlite:///path/monitor.db or postgresql+psycopg://user@host:5432/db"
         )
+
+
+def verify_notify_targets(config: MonitorConfig) -> None:
+    """Every target a site names in `notify` is defined under notify.targets."""
+    for site in config.sites:
+        for name in site.notify:
+            if name not in config.notify.targets:
+                known = ", ".join(sorted(config.notify.targets)) or "none defined"
+                raise ValueError(
+                    f"site {site.id!r} notifies {name!r}, which is not under notify.targets ({known}); "
+                    "define it there or remove it"
+                )
 
 
 def _format_location(loc: tuple[Any, ...]) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from monitor.metrics import Metrics
 from monitor.model.base import Classifier
+from monitor.ood import OodDetector
 from monitor.sample_queue import SampleQueue
 from monitor.types import Frame, Outcome, Prediction
 
@@ -51,6 +52,10 @@ class Pipeline:
         alert_labels: labels that count as positive.
         metrics: where counts go.
         on_outcomes: called with every stored batch (progress bars, summaries); optional.
+        ood: measures each frame's out-of-domain signals; None marks nothing out of domain.
+        stage_of: site id -> its rollout stage name, for the ``stage`` label of alerts.
+        episode_gap: seconds; a camera's positive less than this after its previous
+            positive continues that alert episode instead of starting one.
     """
 
     def __init__(
@@ -63,8 +68,15 @@ class Pipeline:
         alert_labels: Sequence[str],
         metrics: Metrics,
         on_outcomes: Callable[[list[Outcome]], None] | None = None,
+        ood: OodDetector | None = None,
+        stage_of: Callable[[str], str] | None = None,
+        episode_gap: float = 60.0,
     ) -> None:
         self._classifier = classifier
+        self._ood = ood
+        self._stage_of = stage_of or (lambda _site: "unknown")
+        self._episode_gap = episode_gap
+        self._last_positive: dict[str, float] = {}
         self._policy = policy
         self._persist = persist
         self._cameras = dict(cameras)
@@ -96,14 +108,34 @@ class Pipeline:
     def _route(self, frame: Frame, prediction: Prediction) -> Outcome:
         camera = self._cameras[frame.camera_id]
         positive = is_positive(prediction, self._alert_labels, camera.threshold)
+        ood_reasons = tuple(r.value for r in self._ood.check(frame, prediction)) if self._ood is not None else ()
         route = self._policy.route(
-            site_id=camera.site_id, camera_id=frame.camera_id, prediction=prediction, positive=positive
+            site_id=camera.site_id, camera_id=frame.camera_id, prediction=prediction, positive=positive,
+            out_of_domain=bool(ood_reasons),
         )
         labels = (camera.site_id, frame.camera_id)
         self._metrics.predictions.labels(*labels, prediction.label).inc()
+        for reason in ood_reasons:
+            self._metrics.out_of_domain.labels(*labels, reason).inc()
+        episode = positive and self._starts_episode(frame)
+        if positive:
+            self._metrics.positives.labels(*labels, prediction.label).inc()
+        if episode:
+            self._metrics.alert_episodes.labels(*labels).inc()
+        if route.alert:
+            self._metrics.alerts.labels(*labels, prediction.label, self._stage_of(camera.site_id)).inc()
         if route.review_reason is not None:
             self._metrics.review_queued.labels(*labels, route.review_reason.value).inc()
-        return Outcome(site_id=camera.site_id, frame=frame, prediction=prediction, route=route)
+        return Outcome(site_id=camera.site_id, frame=frame, prediction=prediction, route=route,
+                       ood_reasons=ood_reasons, alert_episode=episode)
+
+    def _starts_episode(self, frame: Frame) -> bool:
+        # Chained: every positive extends the episode, so a bear standing in view for ten
+        # minutes is one episode, as it would be one event to the people alerted.
+        moment = frame.captured_at.timestamp()
+        previous = self._last_positive.get(frame.camera_id)
+        self._last_positive[frame.camera_id] = moment if previous is None else max(previous, moment)
+        return previous is None or abs(moment - previous) > self._episode_gap
 
     def _retry_pending(self) -> None:
         while self._pending:

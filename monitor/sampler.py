@@ -9,9 +9,11 @@ source's own reader thread, so one dead camera never delays another.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from monitor.redact import redact_text
@@ -33,6 +35,10 @@ class Sampler:
         on_sampled: called with each frame offered (for metrics); optional.
         on_failed: called with (camera id, count) when a source reports new failed
             stills (for the hourly counts); optional.
+        max_cameras: how many cameras may be added later with :meth:`add_camera`
+            (sizes the job thread pool); default: the sources given.
+        on_polled: called with (camera id, seconds) after each poll that returned
+            stills: the time to decode and convert them (for metrics); optional.
     """
 
     def __init__(
@@ -42,7 +48,10 @@ class Sampler:
         queue: SampleQueue[Frame],
         on_sampled: Callable[[Frame], None] | None = None,
         on_failed: Callable[[str, int], None] | None = None,
+        max_cameras: int | None = None,
+        on_polled: Callable[[str, float], None] | None = None,
     ) -> None:
+        self._on_polled = on_polled
         missing = set(sources) - set(intervals)
         if missing:
             raise ValueError(f"no interval for cameras {sorted(missing)}")
@@ -52,7 +61,7 @@ class Sampler:
         self._on_sampled = on_sampled
         self._on_failed = on_failed
         self._failed_seen = {camera_id: 0 for camera_id in self._sources}
-        workers = max(1, min(MAX_JOB_THREADS, len(self._sources)))
+        workers = max(1, min(MAX_JOB_THREADS, max_cameras or len(self._sources)))
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(workers)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -73,11 +82,40 @@ class Sampler:
             )
         self._scheduler.start()
 
+    def add_camera(self, camera_id: str, source: Source, every: float) -> None:
+        """Start sampling one more camera (a worker took its lease); the sampler must be running."""
+        self._sources[camera_id] = source
+        self._intervals[camera_id] = every
+        self._failed_seen[camera_id] = source.status.frames_failed
+        source.start()
+        self._scheduler.add_job(
+            self.sample_once, "interval", args=[camera_id], seconds=every,
+            id=f"sample:{camera_id}", name=f"sample {camera_id}", replace_existing=True,
+        )
+
+    def remove_camera(self, camera_id: str) -> None:
+        """Stop sampling a camera and close its source (a worker lost or handed over its lease)."""
+        try:
+            self._scheduler.remove_job(f"sample:{camera_id}")
+        except JobLookupError:
+            pass
+        source = self._sources.pop(camera_id, None)
+        if source is not None:
+            try:
+                source.close()
+            except Exception:
+                log.debug("closing camera %s failed", camera_id, exc_info=True)
+
     def sample_once(self, camera_id: str) -> int:
         """Poll one camera and offer what it returned; returns the number of stills."""
-        source = self._sources[camera_id]
+        source = self._sources.get(camera_id)
+        if source is None:  # removed while this job was already due
+            return 0
+        started = time.perf_counter()
         try:
             frames = source.poll()
+            if frames and self._on_polled is not None:
+                self._on_polled(camera_id, time.perf_counter() - started)
         except Exception as exc:  # a broken source must not kill its job
             source.status.last_error = redact_text(f"{exc.__class__.__name__}: {exc}")
             log.warning("camera %s: poll failed: %s", camera_id, source.status.last_error)
@@ -106,7 +144,7 @@ class Sampler:
         """Stop scheduling, wait for running jobs, then close every source."""
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
-        for source in self._sources.values():
+        for source in list(self._sources.values()):
             try:
                 source.close()
             except Exception:

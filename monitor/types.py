@@ -126,12 +126,21 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A classified still and what the routing policy decided for it."""
+    """A classified still and what the routing policy decided for it.
+
+    Attributes:
+        ood_reasons: why the still looked out of domain (``monitor.ood.OodReason``
+            values); empty when it did not.
+        alert_episode: a positive that starts an alert episode (no positive of the same
+            camera shortly before); what the drift detector counts as one alert.
+    """
 
     site_id: str
     frame: Frame
     prediction: Prediction
     route: Route
+    ood_reasons: tuple[str, ...] = ()
+    alert_episode: bool = False
 
 
 @dataclass(slots=True)

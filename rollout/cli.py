@@ -77,7 +77,10 @@ class _Env:
         except BaseException:
             self.engine.dispose()
             raise
-        self.ctx = RolloutContext.from_config(self.config)
+        from monitor.store.observe import drift_flag_provider
+
+        # The drift gate and `rollout status` show the drift detector's open flags.
+        self.ctx = RolloutContext.from_config(self.config, drift_flags=drift_flag_provider(self.engine))
 
     @contextmanager
     def session(self) -> Iterator[Any]:

@@ -57,7 +57,9 @@ def utcnow() -> datetime:
 class RoutingPolicy(Protocol):
     """Decides, per prediction, whether it is reviewed and whether it alerts."""
 
-    def route(self, *, site_id: str, camera_id: str, prediction: Prediction, positive: bool) -> Route:
+    def route(
+        self, *, site_id: str, camera_id: str, prediction: Prediction, positive: bool, out_of_domain: bool = False
+    ) -> Route:
         """Return what to do with one prediction.
 
         Args:
@@ -65,6 +67,7 @@ class RoutingPolicy(Protocol):
             camera_id: the camera that took the still.
             prediction: the classifier's output.
             positive: the prediction is an alert label at or above the camera's threshold.
+            out_of_domain: the frame's out-of-domain signals fired (see monitor.ood).
         """
         ...
 

@@ -299,3 +299,60 @@ def poisson_rate_ratio(
         p_above=binom_sf(events, total, pi_at(high)),
         p_below=binom_cdf(events, total, pi_at(low)),
     )
+
+
+def _gammaincc_pure(a: float, x: float) -> float:
+    """Q(a, x), the regularized upper incomplete gamma function (series below a + 1,
+    Lentz's continued fraction above), as in Numerical Recipes' gammq."""
+    if x <= 0.0:
+        return 1.0
+    log_front = a * math.log(x) - x - math.lgamma(a)
+    if x < a + 1.0:
+        term = total = 1.0 / a
+        denominator = a
+        for _ in range(_CF_MAX_ITERATIONS):
+            denominator += 1.0
+            term *= x / denominator
+            total += term
+            if abs(term) < abs(total) * _CF_EPSILON:
+                return max(0.0, 1.0 - total * math.exp(log_front))
+        raise ArithmeticError(f"incomplete gamma series did not converge for a={a}, x={x}")
+    b = x + 1.0 - a
+    c = 1.0 / _TINY
+    d = 1.0 / b
+    h = d
+    for i in range(1, _CF_MAX_ITERATIONS + 1):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = d if abs(d) > _TINY else _TINY
+        c = b + an / c
+        c = c if abs(c) > _TINY else _TINY
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < _CF_EPSILON:
+            return math.exp(log_front) * h
+    raise ArithmeticError(f"incomplete gamma fraction did not converge for a={a}, x={x}")
+
+
+def chi2_sf(statistic: float, dof: int, *, pure: bool = False) -> float:
+    """P(X >= statistic) for X ~ chi-square with ``dof`` degrees of freedom.
+
+    SciPy's regularized gamma when installed (and ``pure`` is false), else computed here.
+
+    Raises:
+        ValueError: ``dof`` below 1.
+    """
+    if dof < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, got {dof}")
+    if statistic <= 0.0:
+        return 1.0
+    if not pure:
+        try:
+            from scipy.special import gammaincc
+        except ImportError:  # pragma: no cover - depends on the environment
+            pass
+        else:
+            return float(gammaincc(dof / 2.0, statistic / 2.0))
+    return _gammaincc_pure(dof / 2.0, statistic / 2.0)

@@ -21,10 +21,8 @@ from sqlalchemy import and_, func, or_, true, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 
-from monitor.store.db import StoreError, one_line, safe_url
 from monitor.store.tables import Camera, LabelHour, ReviewItem, ReviewStatus
 from monitor.types import QueueReason
 from rollout.stages import Stage
@@ -46,14 +44,11 @@ def init_rollout_schema(engine: Engine) -> None:
     Raises:
         StoreError: the database refused (unreachable, read-only, no permission).
     """
-    from monitor.store import tables as _store_tables  # noqa: F401  (registers the store's tables)
-    from rollout import tables as _rollout_tables  # noqa: F401  (registers the rollout's tables)
+    # The migrations (monitor/store/migrations) create the rollout's tables with the
+    # store's, so this is the store's own check: create when empty, refuse when old.
+    from monitor.store.db import init_schema
 
-    try:
-        SQLModel.metadata.create_all(engine)
-    except SQLAlchemyError as exc:
-        log.debug("create_all failed", exc_info=True)
-        raise StoreError(f"cannot create rollout tables in database {safe_url(engine.url)}: {one_line(exc)}") from None
+    init_schema(engine)
 
 
 # ---------------------------------------------------------------- stages

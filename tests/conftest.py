@@ -145,3 +145,29 @@ def rtsp_server() -> Iterator[Callable[..., RtspServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+# -- database backend (SQLite by default, PostgreSQL with MONITOR_TEST_DATABASE=postgresql) ------
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas():
+    """Creates throwaway PostgreSQL schemas (``.create() -> URL``); all dropped at the end."""
+    from db_backends import PostgresSchemas
+
+    schemas = PostgresSchemas()
+    yield schemas
+    schemas.drop_all()
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of an empty database on the backend under test (see tests/db_backends.py)."""
+    from db_backends import selected_backend, sqlite_url
+
+    if selected_backend() == "postgresql":
+        schemas = request.getfixturevalue("postgres_schemas")
+        url = schemas.create()
+        request.addfinalizer(lambda: schemas.drop(url))  # runs after the test's own fixtures closed
+        return url
+    return sqlite_url(tmp_path)

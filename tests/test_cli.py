@@ -7,7 +7,6 @@ give one line and a sensible exit code, and one bad file does not stop the other
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from db_backends import query
 from monitor.sources.synthetic import make_clip
 
 
@@ -24,10 +24,10 @@ def monitor(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, model_cache: Path) -> Path:
+def workdir(tmp_path: Path, model_cache: Path, database_url: str) -> Path:
     """A folder with a config that reviews every still (so each sample becomes a row)."""
     config = {
-        "database": f"sqlite:///{tmp_path}/data/monitor.db",
+        "database": database_url,
         "snapshots": str(tmp_path / "data" / "snapshots"),
         "model_cache": str(model_cache),
         "rollout": {"routing": {"manual": {"negative_sample_rate": 1.0}}},
@@ -61,8 +61,8 @@ def test_scan_fills_the_queue_with_a_row_and_a_snapshot_per_sample(workdir, clip
         assert row["model_id"].startswith("builtin:imagenet-bears@")
         assert set(row["probabilities"]) == {"grizzly", "black", "polar", "sloth", "panda", "teddy", "none"}
         assert (workdir / "data" / "snapshots" / row["snapshot"]).stat().st_size > 1000
-    hourly = sqlite3.connect(workdir / "data" / "monitor.db").execute(
-        "select sum(predictions) from label_hours").fetchone()[0]
+    database = yaml.safe_load((workdir / "monitor.yaml").read_text())["database"]
+    ((hourly,),) = query(database, "select sum(predictions) from label_hours")
     assert hourly == 10
 
 

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from db_backends import dump_text, query
 from monitor.sources.synthetic import make_clip
 
 SECRET = "hunter2-secret"
@@ -93,12 +94,12 @@ def clip(tmp_path: Path) -> Path:
 
 @pytest.mark.rtsp
 def test_run_samples_live_and_file_cameras_survives_an_outage_and_stops_cleanly(
-    tmp_path, clip, model_cache, rtsp_server, free_port
+    tmp_path, clip, model_cache, rtsp_server, free_port, database_url
 ):
     server = rtsp_server(path="gate", file=clip)
     dead_port = free_port()
     config = {
-        "database": f"sqlite:///{tmp_path}/data/monitor.db",
+        "database": database_url,
         "snapshots": str(tmp_path / "data" / "snapshots"),
         "model_cache": str(model_cache),
         "pipeline": {"batch_wait": "20ms"},
@@ -147,8 +148,7 @@ def test_run_samples_live_and_file_cameras_survives_an_outage_and_stops_cleanly(
     log = monitor.log.read_text()
     assert SECRET not in log and "viewer" not in log
     assert "stopped cleanly" in log
-    db = sqlite3.connect(tmp_path / "data" / "monitor.db")
-    rows = db.execute("select camera_id, snapshot from review_items").fetchall()
+    rows = query(database_url, "select camera_id, snapshot from review_items")
     # Everything sampled before SIGTERM was classified and stored (sampling may add a few more).
     assert len(rows) >= sampled
     for _, snapshot in rows:
@@ -156,7 +156,7 @@ def test_run_samples_live_and_file_cameras_survives_an_outage_and_stops_cleanly(
     stored_files = list((tmp_path / "data" / "snapshots").rglob("*.jpg"))
     assert len(stored_files) == len(rows)
     assert not list((tmp_path / "data" / "snapshots").rglob("*.tmp*"))
-    dump = "\n".join(db.iterdump())
+    dump = dump_text(database_url)
     assert SECRET not in dump and "rtsp://***@127.0.0.1" in dump
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from monitor.redact import redact_text
 
@@ -163,23 +163,24 @@ def create_engine_for(
 
 
 def init_schema(engine: Engine) -> None:
-    """Create every store table and index that does not exist yet (idempotent).
+    """Make sure the database has this release's tables (idempotent).
 
-    Until migrations arrive this only adds what is missing; it never alters a column.
+    A new, empty database gets every table (the Alembic migrations, run to the newest
+    revision); one already at the newest revision is left alone; any other is refused
+    (see :func:`monitor.store.schema.ensure_schema`): changing an existing database is
+    `monitor db upgrade`'s job.
 
     Args:
         engine: from :func:`create_engine_for`.
 
     Raises:
+        SchemaOutdated: the database was made by another release; the message names
+            `monitor db upgrade`.
         StoreError: the database refused (unreachable, read-only, no permission).
     """
-    from monitor.store import tables  # noqa: F401  (registers the tables on the metadata)
+    from monitor.store.schema import ensure_schema
 
-    try:
-        SQLModel.metadata.create_all(engine)
-    except SQLAlchemyError as exc:
-        log.debug("create_all failed", exc_info=True)
-        raise StoreError(f"cannot create tables in database {safe_url(engine.url)}: {one_line(exc)}") from None
+    ensure_schema(engine)
 
 
 @contextmanager

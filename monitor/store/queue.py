@@ -26,7 +26,17 @@ from monitor.config import MonitorConfig
 from monitor.redact import redact_url
 from monitor.store.db import StoreError, one_line
 from monitor.store.snapshots import SnapshotStore
-from monitor.store.tables import Camera, CameraHour, LabelHour, ReviewItem, ReviewStatus, Site, utc_hour
+from monitor.store.tables import (
+    Camera,
+    CameraHour,
+    ConfidenceHour,
+    LabelHour,
+    ReviewItem,
+    ReviewStatus,
+    Site,
+    confidence_bucket,
+    utc_hour,
+)
 from monitor.types import Frame, Prediction, Route
 
 log = logging.getLogger(__name__)
@@ -88,7 +98,10 @@ def record_predictions(records: Iterable[PredictionRecord], *, session: Session,
     """Store a batch of routed predictions: queued ones as review items, all as counts.
 
     Every record adds one to its camera's hourly ``frames`` and to its label's hourly
-    ``predictions`` (and ``positives`` when positive), in the same transaction.
+    ``predictions`` (and ``positives`` when positive), in the same transaction; records
+    with ``ood_reasons`` or ``alert_episode`` (see :class:`monitor.types.Outcome`) also
+    add to ``out_of_domain`` / ``alert_episodes``, and each confidence to its bucket in
+    ``confidence_hours``.
 
     Snapshots of the queued records are written first; then all rows and the hourly
     label counts go in one transaction, which is committed. If anything fails, the
@@ -131,6 +144,7 @@ def record_predictions(records: Iterable[PredictionRecord], *, session: Session,
                     probabilities={k: float(v) for k, v in prediction.probabilities.items()},
                     model_id=prediction.model_id,
                     crop=list(prediction.crop) if prediction.crop is not None else None,
+                    ood_reasons=list(getattr(record, "ood_reasons", ())),
                     reason=reason.value,
                     snapshot=snapshot,
                 )
@@ -154,8 +168,22 @@ def record_predictions(records: Iterable[PredictionRecord], *, session: Session,
         session.flush()
         ids = [int(item.id) for item in items if item.id is not None]
         upsert_increments(LabelHour, counts, keys=("camera_id", "hour", "label"), session=session)
-        frames = [{"camera_id": c["camera_id"], "hour": c["hour"], "frames": 1} for c in counts]
+        frames = [
+            {
+                "camera_id": c["camera_id"], "hour": c["hour"], "frames": 1,
+                # the drift detector's hourly counts (monitor.drift)
+                "out_of_domain": int(bool(getattr(r, "ood_reasons", ()))),
+                "alert_episodes": int(bool(getattr(r, "alert_episode", False))),
+            }
+            for c, r in zip(counts, records)
+        ]
         upsert_increments(CameraHour, frames, keys=("camera_id", "hour"), session=session)
+        confidences = [
+            {"camera_id": c["camera_id"], "hour": c["hour"], "bucket": confidence_bucket(r.prediction.confidence),
+             "predictions": 1}
+            for c, r in zip(counts, records)
+        ]
+        upsert_increments(ConfidenceHour, confidences, keys=("camera_id", "hour", "bucket"), session=session)
         session.commit()
     except BaseException as exc:
         _rollback_quietly(session)

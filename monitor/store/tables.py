@@ -149,6 +149,11 @@ class ReviewItemBase(SQLModel):
     crop: list[int] | None = Field(
         None, sa_type=JSON_TYPE, description="[x, y, width, height] of the square crop that fired, in snapshot pixels"
     )
+    ood_reasons: list[str] = Field(
+        default_factory=list, sa_type=JSON_TYPE, sa_column_kwargs={"server_default": "[]"},
+        description="why the still looked out of domain (dark, blur, grayscale, frozen, low_confidence); "
+        "empty when it did not",
+    )
     review_label: str | None = Field(None, description="the label a reviewer gave when relabelling")
     reviewed_at: datetime | None = Field(None, sa_type=UTCDateTime, description="when it was reviewed (UTC)")
 
@@ -214,6 +219,10 @@ class CameraHour(SQLModel, table=True):
     frames: int = Field(0, **_COUNT)  # type: ignore[arg-type]
     failed: int = Field(0, **_COUNT)  # type: ignore[arg-type]
     dropped: int = Field(0, **_COUNT)  # type: ignore[arg-type]
+    out_of_domain: int = Field(0, **_COUNT)  # type: ignore[arg-type]  # classified stills with an OOD signal
+    # Positives that start an alert episode (none of the camera's positives in the
+    # episode gap before): the drift detector's Poisson-like alert count.
+    alert_episodes: int = Field(0, **_COUNT)  # type: ignore[arg-type]
 
 
 class LabelHour(SQLModel, table=True):
@@ -227,6 +236,73 @@ class LabelHour(SQLModel, table=True):
     label: str = Field(primary_key=True)
     predictions: int = Field(0, **_COUNT)  # type: ignore[arg-type]
     positives: int = Field(0, **_COUNT)  # type: ignore[arg-type]
+
+
+CONFIDENCE_BUCKETS = 10
+
+
+class ConfidenceHour(SQLModel, table=True):
+    """Per camera per UTC hour: predictions whose confidence fell in each tenth of [0, 1]
+    (bucket 0 is [0, 0.1), bucket 9 is [0.9, 1]); the drift detector's confidence histograms."""
+
+    __tablename__ = "confidence_hours"
+    __table_args__ = (Index("ix_confidence_hours_hour", "hour"),)
+
+    camera_id: str = Field(foreign_key="cameras.id", primary_key=True, max_length=ID_LENGTH)
+    hour: datetime = Field(sa_type=UTCDateTime, primary_key=True, description="start of the UTC hour")
+    bucket: int = Field(primary_key=True, ge=0, lt=CONFIDENCE_BUCKETS, description="floor(confidence * 10), 9 at most")
+    predictions: int = Field(0, **_COUNT)  # type: ignore[arg-type]
+
+
+def confidence_bucket(confidence: float) -> int:
+    """The :class:`ConfidenceHour` bucket of a confidence in [0, 1]."""
+    return min(CONFIDENCE_BUCKETS - 1, max(0, int(confidence * CONFIDENCE_BUCKETS)))
+
+
+# ---------------------------------------------------------------- drift flags
+
+
+class DriftKind(str, enum.Enum):
+    """What a drift flag says changed."""
+
+    RATE_UP = "rate_up"
+    RATE_DOWN = "rate_down"
+    CONFIDENCE = "confidence"
+    CLASS_MIX = "class_mix"
+    OUT_OF_DOMAIN = "out_of_domain"
+
+
+class DriftFlagBase(SQLModel):
+    site_id: str = Field(max_length=ID_LENGTH, description="the site")
+    camera_id: str | None = Field(
+        None, max_length=ID_LENGTH, description="the camera; null for the site's cameras pooled"
+    )
+    kind: str = Field(sa_type=String(16), description="a DriftKind value")
+    opened_at: datetime = Field(sa_type=UTCDateTime, description="when the detector first saw the change (UTC)")
+    closed_at: datetime | None = Field(None, sa_type=UTCDateTime, description="when it closed; null while open")
+    last_seen_at: datetime = Field(sa_type=UTCDateTime, description="the last evaluation that still saw it")
+    statistic: float | None = Field(None, description="rate ratio, PSI, distance or OOD ratio when last seen")
+    detail: str = Field("", description="one line with the numbers, for people")
+
+
+class DriftFlag(DriftFlagBase, table=True):
+    """A change the drift detector found, open from ``opened_at`` until ``closed_at``.
+
+    No foreign key to sites or cameras: flags must outlive a camera leaving the config.
+    """
+
+    __tablename__ = "drift_flags"
+    __table_args__ = (
+        CheckConstraint(_in_values("kind", DriftKind), name="ck_drift_flags_kind"),
+        Index("ix_drift_flags_site_closed", "site_id", "closed_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+
+
+class DriftFlagPublic(DriftFlagBase):
+    id: int
 
 
 # ---------------------------------------------------------------- reviewers and decisions

@@ -26,7 +26,7 @@ from monitor.model.base import Classifier
 from monitor.store import SnapshotStore
 from monitor.store.tables import utcnow
 from monitor.types import SourceStatus
-from monitor.web import api, pages, rollout_routes
+from monitor.web import api, overview, pages, rollout_routes
 from monitor.web.auth import NotSignedIn
 from monitor.web.context import WebContext
 from monitor.web.templating import render
@@ -81,6 +81,7 @@ def create_web_app(
     app.include_router(rollout_routes.api_router)
     app.include_router(pages.router)
     app.include_router(rollout_routes.page_router)
+    app.include_router(overview.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/metrics", include_in_schema=False)

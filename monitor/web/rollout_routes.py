@@ -42,7 +42,9 @@ class RollbackIn(BaseModel):
 
 
 def _rollout_context(ctx) -> RolloutContext:
-    return RolloutContext.from_config(ctx.config)
+    from monitor.store.observe import drift_flag_provider
+
+    return RolloutContext.from_config(ctx.config, drift_flags=drift_flag_provider(ctx.engine))
 
 
 def _transition_out(transition) -> dict[str, Any]:

@@ -28,13 +28,13 @@ from review_helpers import CAMERA_PASSWORD, HOSTILE_NAME, PASSWORDS, T0, SignedI
 
 
 @pytest.fixture
-def web_config(tmp_path: Path) -> MonitorConfig:
+def web_config(tmp_path: Path, database_url: str) -> MonitorConfig:
     """Two sites and three cameras; one camera has credentials in its URL and one a name
     full of markup."""
     clip = tmp_path / "trail.mp4"
     clip.write_bytes(b"only the path is stored")
     return MonitorConfig(
-        database=f"sqlite:///{tmp_path / 'data' / 'monitor.db'}",
+        database=database_url,  # SQLite, or PostgreSQL with MONITOR_TEST_DATABASE=postgresql
         snapshots=tmp_path / "data" / "snapshots",
         sites=[
             {"id": "north", "name": "North campground", "cameras": [

@@ -18,6 +18,7 @@ from monitor.store import session_scope
 from monitor.store.tables import ReviewDecision, ReviewItem, User, WebSession
 from monitor.store.users import revoke_api_token
 from monitor.web import create_web_app
+from db_backends import dump_text
 from review_helpers import CAMERA_PASSWORD, HOSTILE_NAME, PASSWORDS
 
 
@@ -161,10 +162,13 @@ def test_only_hashes_of_passwords_and_tokens_are_stored(engine, api_token, alice
     with Session(engine) as session:
         user = session.exec(select(User).where(User.name == "alice")).one()
         assert user.password_hash.startswith("$argon2id$")
-    database = web_config.database.removeprefix("sqlite:///")
-    with engine.connect() as connection:
-        connection.execute(text("PRAGMA wal_checkpoint(FULL)"))
-    stored = b"".join(p.read_bytes() for p in Path(database).parent.glob("monitor.db*"))
+    if web_config.database.startswith("sqlite:///"):
+        database = web_config.database.removeprefix("sqlite:///")
+        with engine.connect() as connection:
+            connection.execute(text("PRAGMA wal_checkpoint(FULL)"))
+        stored = b"".join(p.read_bytes() for p in Path(database).parent.glob("monitor.db*"))
+    else:  # PostgreSQL: every row of every table, as text
+        stored = dump_text(web_config.database).encode()
     for secret in (PASSWORDS["alice"], token, alice.client.cookies.get("monitor_session"), CAMERA_PASSWORD):
         assert secret.encode() not in stored
 

@@ -23,8 +23,8 @@ def monitor(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.Compl
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    config = {"database": f"sqlite:///{tmp_path}/data/monitor.db", "snapshots": str(tmp_path / "data" / "snapshots")}
+def workdir(tmp_path: Path, database_url: str) -> Path:
+    config = {"database": database_url, "snapshots": str(tmp_path / "data" / "snapshots")}
     (tmp_path / "monitor.yaml").write_text(yaml.safe_dump(config))
     return tmp_path
 
