@@ -68,7 +68,8 @@ class LiveSource(Source):
             ``read_timeout``).
         max_width: frames wider than this are scaled down (aspect ratio kept).
         backoff_base: the first reconnect waits up to this many seconds.
-        backoff_cap: reconnect waits never exceed this many seconds.
+        backoff_cap: reconnect waits never exceed this many seconds (5 s by default, so a
+            camera whose server returns is back within 10 s, as operators expect).
         rng: random source for the jitter (seed it in tests).
         now: the wall clock, for ``captured_at``.
     """
@@ -81,7 +82,7 @@ class LiveSource(Source):
         *,
         max_width: int = 1280,
         backoff_base: float = 0.5,
-        backoff_cap: float = 30.0,
+        backoff_cap: float = 5.0,
         rng: random.Random | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
