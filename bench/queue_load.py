@@ -80,8 +80,8 @@ def outcome(camera_id: str, moment: datetime, image: np.ndarray, rng: np.random.
 class UnwrittenSnapshots(SnapshotStore):
     """For the database-only rows: a path per still, no JPEG encoded or written."""
 
-    def save(self, image, *, site_id, camera_id, captured_at) -> str:  # noqa: ANN001
-        return f"{site_id}/{camera_id}/{uuid.uuid4().hex}.jpg"
+    def save_many(self, requests) -> list[str]:  # noqa: ANN001
+        return [f"{r.site_id}/{r.camera_id}/{uuid.uuid4().hex}.jpg" for r in requests]
 
 
 def record_worker(url: str, worker: int, snapshots: str, seconds: float, results, write_jpegs: bool = True) -> None:

@@ -17,15 +17,14 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import func
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, col, select
 
 from monitor.config import MonitorConfig
 from monitor.redact import redact_url
+from monitor.store.bulk import add_counts, insert_rows
 from monitor.store.db import StoreError, one_line
-from monitor.store.snapshots import SnapshotStore
+from monitor.store.snapshots import SnapshotRequest, SnapshotStore
 from monitor.store.tables import (
     Camera,
     CameraHour,
@@ -36,13 +35,14 @@ from monitor.store.tables import (
     Site,
     confidence_bucket,
     utc_hour,
+    utcnow,
 )
 from monitor.types import Frame, Prediction, Route
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
-_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
+_REVIEW_ITEMS = ReviewItem.__table__  # type: ignore[attr-defined]
 
 
 class PredictionRecord(Protocol):
@@ -121,38 +121,13 @@ def record_predictions(records: Iterable[PredictionRecord], *, session: Session,
         StoreError: a snapshot could not be written or the transaction failed.
     """
     records = list(records)
-    written: list[str] = []
-    items: list[ReviewItem] = []
-    try:
-        for record in records:
-            reason = record.route.review_reason
-            if reason is None:
-                continue
-            frame, prediction = record.frame, record.prediction
-            snapshot = snapshots.save(
-                frame.image, site_id=record.site_id, camera_id=frame.camera_id, captured_at=frame.captured_at
-            )
-            written.append(snapshot)
-            items.append(
-                ReviewItem(
-                    site_id=record.site_id,
-                    camera_id=frame.camera_id,
-                    captured_at=frame.captured_at,
-                    media_ts=frame.media_ts,
-                    label=prediction.label,
-                    confidence=float(prediction.confidence),
-                    probabilities={k: float(v) for k, v in prediction.probabilities.items()},
-                    model_id=prediction.model_id,
-                    crop=list(prediction.crop) if prediction.crop is not None else None,
-                    ood_reasons=list(getattr(record, "ood_reasons", ())),
-                    reason=reason.value,
-                    snapshot=snapshot,
-                )
-            )
-    except BaseException:
-        _discard(snapshots, written)
-        raise
-
+    queued = [r for r in records if r.route.review_reason is not None]
+    # Files first, in one durable batch; deleted again if the rows do not commit.
+    written = snapshots.save_many([
+        SnapshotRequest(r.frame.image, r.site_id, r.frame.camera_id, r.frame.captured_at) for r in queued
+    ])
+    created_at = utcnow()
+    items = [_item_row(record, snapshot, created_at) for record, snapshot in zip(queued, written)]
     counts = [
         {
             "camera_id": r.frame.camera_id,
@@ -164,9 +139,10 @@ def record_predictions(records: Iterable[PredictionRecord], *, session: Session,
         for r in records
     ]
     try:
-        session.add_all(items)
-        session.flush()
-        ids = [int(item.id) for item in items if item.id is not None]
+        # Plain rows in one statement, not ORM objects (3x cheaper per item); ids come
+        # back in no particular order, so they are matched up by the (unique) snapshot.
+        inserted = insert_rows(_REVIEW_ITEMS, items, session=session, returning=("snapshot", "id"))
+        ids = [int(row_id) for row_id in map(dict(inserted).__getitem__, written)]
         upsert_increments(LabelHour, counts, keys=("camera_id", "hour", "label"), session=session)
         frames = [
             {
@@ -193,6 +169,31 @@ def record_predictions(records: Iterable[PredictionRecord], *, session: Session,
             raise StoreError(f"cannot store {len(records)} predictions: {one_line(exc)}") from exc
         raise
     return ids
+
+
+def _item_row(record: PredictionRecord, snapshot: str, created_at: datetime) -> dict[str, Any]:
+    """The ``review_items`` row of a queued record, every column given (Core inserts
+    skip the model's Python-side defaults)."""
+    frame, prediction = record.frame, record.prediction
+    return {
+        "site_id": record.site_id,
+        "camera_id": frame.camera_id,
+        "captured_at": frame.captured_at,
+        "media_ts": frame.media_ts,
+        "label": prediction.label,
+        "confidence": float(prediction.confidence),
+        "probabilities": {k: float(v) for k, v in prediction.probabilities.items()},
+        "model_id": prediction.model_id,
+        "crop": list(prediction.crop) if prediction.crop is not None else None,
+        "ood_reasons": list(getattr(record, "ood_reasons", ())),
+        "review_label": None,
+        "reviewed_at": None,
+        "reason": record.route.review_reason.value,
+        "status": ReviewStatus.PENDING.value,
+        "snapshot": snapshot,
+        "created_at": created_at,
+        "version": 0,
+    }
 
 
 def add_frame_counts(
@@ -237,8 +238,7 @@ def upsert_increments(
     """Insert counter rows, or add their counts to the rows already there (no commit).
 
     One ``INSERT ... ON CONFLICT (keys) DO UPDATE SET n = n + excluded.n`` statement on
-    both SQLite and PostgreSQL. Rows with the same key are summed first, because
-    PostgreSQL refuses to update one row twice in a single statement.
+    both SQLite and PostgreSQL (see :func:`monitor.store.bulk.add_counts`).
 
     Args:
         model: a table model whose primary key (or a unique key) is ``keys``.
@@ -249,29 +249,7 @@ def upsert_increments(
     Raises:
         StoreError: the database dialect has no upsert support here.
     """
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    insert = _INSERTS.get(dialect)
-    if insert is None:
-        raise StoreError(f"counting is not supported on {dialect}; use SQLite or PostgreSQL")
-    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in rows:
-        key = tuple(row[k] for k in keys)
-        if key in merged:
-            for column, value in row.items():
-                if column not in keys:
-                    merged[key][column] += value
-        else:
-            merged[key] = dict(row)
-    table = model.__table__  # type: ignore[attr-defined]
-    statement = insert(table).values(list(merged.values()))
-    counters = [column for column in rows[0] if column not in keys]
-    statement = statement.on_conflict_do_update(
-        index_elements=[table.c[k] for k in keys],
-        set_={column: table.c[column] + statement.excluded[column] for column in counters},
-    )
-    session.execute(statement)
+    add_counts(model.__table__, rows, keys=keys, session=session)  # type: ignore[attr-defined]
 
 
 def list_items(

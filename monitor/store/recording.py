@@ -27,11 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
 from monitor.store.cluster_tables import CameraLease, SampleRow
+from monitor.store.bulk import insert_rows
 from monitor.store.db import session_scope
 from monitor.store.outbox import add_alerts
 from monitor.store.queue import PredictionRecord, record_predictions
@@ -39,7 +38,8 @@ from monitor.store.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
 
-_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
+_SAMPLES = SampleRow.__table__  # type: ignore[attr-defined]
+_SAMPLE_KEY = ("camera_id", "captured_at", "origin")
 Clock = Callable[[], datetime]
 # camera id -> the lease token this worker holds for it
 Fence = Callable[[], Mapping[str, int]]
@@ -141,15 +141,12 @@ class Recorder:
              "recorded_at": now}
             for camera, captured_at, origin in unique
         ]
-        table = SampleRow.__table__  # type: ignore[attr-defined]
-        insert = _INSERTS[session.get_bind().dialect.name]
-        # One statement for the whole batch (executemany with RETURNING), compiled once and
-        # cached: building a multi-row VALUES per batch would compile SQL every time.
-        statement = (
-            insert(table).on_conflict_do_nothing(index_elements=["camera_id", "captured_at", "origin"])
-            .returning(table.c.camera_id, table.c.captured_at, table.c.origin)
-        )
-        inserted = {tuple(row) for row in session.execute(statement, rows).all()}
+        # ON CONFLICT DO NOTHING ... RETURNING: only the stills recorded for the first time come back.
+        inserted = {
+            tuple(row) for row in insert_rows(
+                _SAMPLES, rows, session=session, returning=_SAMPLE_KEY, skip_existing=_SAMPLE_KEY
+            )
+        }
         kept = [record for key, record in unique.items() if key in inserted]
         dropped = len(records) - len(kept)
         if dropped:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,6 +30,7 @@ from monitor.store import (
     record_predictions,
     sync_sites_and_cameras,
 )
+from monitor.store import snapshots as snapshots_module
 from monitor.types import QueueReason
 
 T0 = datetime(2026, 7, 1, 12, 0, tzinfo=timezone.utc)
@@ -311,20 +313,24 @@ def test_failure_at_commit_deletes_the_snapshots_already_written(
 def test_snapshot_failure_mid_batch_deletes_the_earlier_snapshots(
     synced: Session, engine, snapshots: SnapshotStore, make_outcome, files_under, monkeypatch
 ) -> None:
-    real_save = snapshots.save
-    calls = []
+    real_write = snapshots_module._write_durably
+    lock = threading.Lock()
+    calls, written = [], []
 
-    def save_until_the_disk_fills(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise StoreError("disk full: cannot write snapshot")
-        return real_save(*args, **kwargs)
+    def one_write_fills_the_disk(path, data):
+        with lock:
+            calls.append(path)
+            fails = len(calls) == 3
+        if fails:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+        written.append(path)
 
-    monkeypatch.setattr(snapshots, "save", save_until_the_disk_fills)
+    monkeypatch.setattr(snapshots_module, "_write_durably", one_write_fills_the_disk)
     batch = [make_outcome(seed=i) for i in range(5)]
     with pytest.raises(StoreError, match="disk full"):
         record_predictions(batch, session=synced, snapshots=snapshots)
-    assert len(calls) == 3, "two snapshots were really written before the failure"
+    assert len(written) == 4, "the other four files were really written before the batch failed"
     _assert_nothing_stored(engine, snapshots, files_under)
 
 

@@ -183,6 +183,77 @@ def test_sweep_temp_removes_what_a_crash_mid_save_left(tmp_path: Path, files_und
     assert store.sweep_temp(older_than_s=0) == 0
 
 
+CRASHING_BATCH = textwrap.dedent(
+    """
+    import os, signal, sys, threading
+    from datetime import datetime, timezone
+    from pathlib import Path
+    import numpy as np
+    from monitor.store import snapshots
+    from monitor.store.snapshots import SnapshotRequest, SnapshotStore
+
+    # Die the hard way once every file of the batch is written, before any rename.
+    real_write, lock, done = snapshots._write_durably, threading.Lock(), []
+    def write_then_die_after_the_last(path, data):
+        real_write(path, data)
+        with lock:
+            done.append(path)
+            if len(done) == 6:
+                os.kill(os.getpid(), signal.SIGKILL)
+    snapshots._write_durably = write_then_die_after_the_last
+    moment = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    SnapshotStore(Path(sys.argv[1])).save_many(
+        [SnapshotRequest(np.zeros((32, 32, 3), np.uint8), "s", f"c{i % 2}", moment) for i in range(6)])
+    """
+)
+
+
+def test_a_crash_mid_batch_leaves_only_temp_files_which_the_sweep_removes(tmp_path: Path, files_under) -> None:
+    root = tmp_path / "snapshots"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_BATCH, str(root)], env=env, cwd=REPO, timeout=60)
+    assert crashed.returncode == -9, "the helper process must die by SIGKILL mid-batch"
+    leftovers = files_under(root)
+    assert len(leftovers) == 6
+    assert all(p.name.startswith(snapshots_module.TEMP_PREFIX) for p in leftovers), "no file got its final name"
+    assert SnapshotStore(root).sweep_temp(older_than_s=0) == 6
+    assert files_under(root) == []
+
+
+def test_save_many_writes_every_still_in_request_order(snapshots: SnapshotStore, files_under) -> None:
+    images = [np.full((24, 32, 3), 40 * i, np.uint8) for i in range(5)]
+    requests = [snapshots_module.SnapshotRequest(image, "s", f"cam-{i % 2}", CAPTURED) for i, image in enumerate(images)]
+    paths = snapshots.save_many(requests)
+    assert [p.split("/")[1] for p in paths] == ["cam-0", "cam-1", "cam-0", "cam-1", "cam-0"]
+    for path, image in zip(paths, images):
+        with Image.open(snapshots.resolve(path)) as decoded:
+            assert abs(int(np.asarray(decoded).mean()) - int(image.mean())) <= 2, path
+    assert sorted(files_under(snapshots.root)) == sorted(snapshots.root / p for p in paths)
+    assert snapshots.save_many([]) == []
+
+
+def test_save_many_refuses_a_bad_request_before_writing_anything(snapshots: SnapshotStore, files_under) -> None:
+    good = snapshots_module.SnapshotRequest(gradient(8, 8), "s", "c", CAPTURED)
+    bad = snapshots_module.SnapshotRequest(np.zeros((8, 8), np.uint8), "s", "c", CAPTURED)
+    with pytest.raises(ValueError, match="HxWx3"):
+        snapshots.save_many([good, bad])
+    assert files_under(snapshots.root) == []
+
+
+def test_a_failure_after_the_renames_removes_the_whole_batch(
+    snapshots: SnapshotStore, files_under, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def folder_sync_fails(folder):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(snapshots_module, "_fsync_folder", folder_sync_fails)
+    requests = [snapshots_module.SnapshotRequest(gradient(8, 8), "s", f"c{i}", CAPTURED) for i in range(3)]
+    with pytest.raises(StoreError, match="Input/output error") as caught:
+        snapshots.save_many(requests)
+    assert "\n" not in str(caught.value)
+    assert files_under(snapshots.root) == [], "renamed files are removed with the temporary ones"
+
+
 def test_sweep_temp_on_a_missing_root_does_nothing(tmp_path: Path) -> None:
     assert SnapshotStore(tmp_path / "never-created").sweep_temp() == 0
     assert not (tmp_path / "never-created").exists()
