@@ -119,7 +119,7 @@ def main() -> None:
         spec = preprocess_from_dls(learn.dls)
         info = export_onnx(probability_module(learn.model), scratch / "model.onnx", size=spec.size)
         bundle = write_bundle(scratch / "bundle", onnx_source=scratch / "model.onnx", labels=[str(v) for v in learn.dls.vocab],
-                              architecture=str(getattr(learn, "arch", "?")), preprocess=spec, **info)
+                              architecture=str(getattr(learn, "arch", "?")), preprocess=spec, **info.as_meta())
     spec = bundle.preprocess
     kwargs = {"labels": bundle.labels, "preprocess": spec, "model_id": bundle.model_id}
     onnx_model = OnnxClassifier(bundle.onnx_path, **kwargs)

@@ -32,3 +32,30 @@ class Classifier(abc.ABC):
     def predict(self, image: np.ndarray) -> Prediction:
         """Classify one image."""
         return self.predict_batch([image])[0]
+
+
+class ProbabilityClassifier(Classifier):
+    """A classifier whose backend gives a probability per label: the ONNX and torch runtimes."""
+
+    @abc.abstractmethod
+    def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 array (len(images), len(labels)) of probabilities in [0, 1].
+
+        Raises:
+            ValueError: an image is not an HxWx3 uint8 array.
+            ModelError: the runtime failed.
+        """
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Classify RGB uint8 images (HxWx3, any size); one :class:`Prediction` each, in order.
+
+        Raises:
+            ValueError: an image is not an HxWx3 uint8 array.
+            ModelError: the runtime failed.
+        """
+        return [
+            Prediction.from_probabilities(
+                {label: float(p) for label, p in zip(self.labels, row, strict=True)}, self.model_id
+            )
+            for row in self.predict_proba(images)
+        ]

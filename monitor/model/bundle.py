@@ -17,7 +17,6 @@ on a CUDA GPU). Importing this module and loading a bundle on the CPU never impo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -29,24 +28,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from monitor.model.base import Classifier, ModelError
+from monitor.model.onnx_export import ONNX_INPUT, ONNX_OUTPUT, export_onnx, sha256_file
 from monitor.model.preprocess import PreprocessSpec
 
-if TYPE_CHECKING:
-    import torch
-
 log = logging.getLogger(__name__)
+
+__all__ = ["export_onnx", "sha256_file"]  # re-exported: training writes bundles with them
 
 BUNDLE_FILE = "bundle.json"
 ONNX_FILE = "model.onnx"
 BUNDLE_FORMAT = 1
-ONNX_INPUT = "input"
-ONNX_OUTPUT = "probabilities"
-ONNX_OPSET = 18
-# The exported graph must agree with torch this closely on the export self-check.
-EXPORT_TOLERANCE = 1e-4
 # Keys every bundle.json must have, with the type each must be.
 REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "bundle_format": int,
@@ -94,19 +88,6 @@ class Bundle:
     def architecture(self) -> str:
         """The architecture name as the user gave it (e.g. ``efficientnet_lite0``)."""
         return str(self.meta["architecture"])
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks.
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def dataset_sha256(files: Iterable[Path], root: Path) -> str:
@@ -412,106 +393,3 @@ def _swap_into_place(staging: Path, out: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def export_onnx(module: torch.nn.Module, out_path: Path, *, size: int) -> dict[str, Any]:
-    """Export a float32 NCHW -> probabilities module to ONNX with a dynamic batch axis and check it.
-
-    Uses the torch.export-based exporter (its graphs fold BatchNorm and padding, and ran
-    faster in ONNX Runtime than the TorchScript exporter's), falling back to the
-    TorchScript exporter if it fails. Then ONNX Runtime and torch must agree within
-    ``EXPORT_TOLERANCE`` on a random batch of another batch size than the export example.
-
-    Args:
-        module: in eval mode; outputs probabilities.
-        out_path: the ``.onnx`` file to write.
-        size: input side in pixels.
-
-    Returns:
-        {"onnx_exporter", "onnx_opset", "export_max_abs_diff"} for bundle.json.
-
-    Raises:
-        ModelError: both exporters failed, or the graph disagrees with torch.
-    """
-    import warnings
-
-    import torch
-
-    module = module.eval()
-    example = torch.zeros(2, 3, size, size)
-    common = {"input_names": [ONNX_INPUT], "output_names": [ONNX_OUTPUT], "verbose": False}
-    with warnings.catch_warnings(), _quiet_loggers("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
-        warnings.simplefilter("ignore")  # exporter deprecation chatter, not actionable here
-        try:
-            torch.onnx.export(
-                module,
-                (example,),
-                str(out_path),
-                dynamo=True,
-                external_data=False,
-                opset_version=ONNX_OPSET,
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                **common,
-            )
-            exporter, opset = "torch.export", ONNX_OPSET
-        except Exception as exc:  # the dynamo exporter is young; the old one still works
-            log.warning("torch.export ONNX export failed (%s); using the TorchScript exporter", exc)
-            try:
-                torch.onnx.export(
-                    module,
-                    (example,),
-                    str(out_path),
-                    dynamo=False,
-                    opset_version=17,
-                    dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
-                    **common,
-                )
-            except Exception as exc2:
-                raise ModelError(
-                    f"cannot export the model to ONNX ({exc2.__class__.__name__}: {str(exc2).splitlines()[0] if str(exc2) else ''}); "
-                    "this architecture may use an operator ONNX lacks, try another --arch"
-                ) from exc2
-            exporter, opset = "torchscript", 17
-    max_abs_diff = _self_check(module, out_path, size)
-    return {"onnx_exporter": exporter, "onnx_opset": opset, "export_max_abs_diff": max_abs_diff}
-
-
-def _self_check(module: torch.nn.Module, onnx_path: Path, size: int) -> float:
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-    import torch
-
-    try:
-        onnx.checker.check_model(str(onnx_path))
-    except Exception as exc:
-        raise ModelError(f"the exported ONNX graph is invalid ({exc.__class__.__name__}); pin torch/onnx versions") from exc
-    generator = torch.Generator().manual_seed(0)
-    batch = torch.rand(3, 3, size, size, generator=generator) * 4 - 2
-    with torch.no_grad():
-        expected = module(batch).float().numpy()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (actual,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
-    if actual.shape != expected.shape:
-        raise ModelError(f"the exported ONNX graph outputs {actual.shape}, torch {expected.shape}; pin torch/onnx versions")
-    max_abs_diff = float(np.abs(actual - expected).max())
-    if not max_abs_diff <= EXPORT_TOLERANCE:
-        raise ModelError(
-            f"the exported ONNX graph differs from torch by {max_abs_diff:.2e} (> {EXPORT_TOLERANCE}); "
-            "pin torch/onnx/onnxruntime versions"
-        )
-    return max_abs_diff
-
-
-@contextlib.contextmanager
-def _quiet_loggers(*names: str):
-    """Silence the exporter's INFO chatter for the duration."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)

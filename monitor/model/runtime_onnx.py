@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.model.base import Classifier, ModelError
+from monitor.model.base import ModelError, ProbabilityClassifier
 from monitor.model.preprocess import PreprocessSpec, preprocess_batch
-from monitor.types import Prediction
 
 
 def cpu_threads() -> int:
@@ -28,7 +27,7 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class OnnxClassifier(Classifier):
+class OnnxClassifier(ProbabilityClassifier):
     """A classifier backed by an ONNX graph that outputs per-label probabilities.
 
     Safe to call from several threads: runs are serialised by a lock, because one run
@@ -150,27 +149,6 @@ class OnnxClassifier(Classifier):
             ) from exc
         # float32 rounding can put a probability a hair outside [0, 1]; Prediction rejects that.
         return np.clip(probabilities, 0.0, 1.0)
-
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """Classify RGB uint8 images (HxWx3, any size) and return one Prediction each.
-
-        Args:
-            images: RGB uint8 arrays; an empty sequence gives an empty list.
-
-        Returns:
-            One :class:`Prediction` per image, in order.
-
-        Raises:
-            ValueError: an image is not an HxWx3 uint8 array.
-            ModelError: the runtime failed.
-        """
-        rows = self.predict_proba(images)
-        return [
-            Prediction.from_probabilities(
-                {label: float(p) for label, p in zip(self.labels, row, strict=True)}, self.model_id
-            )
-            for row in rows
-        ]
 
     def __repr__(self) -> str:
         return f"OnnxClassifier({self.model_id!r}, {self.model_path})"

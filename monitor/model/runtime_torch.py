@@ -32,10 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from monitor.model.base import Classifier, ModelError
+from monitor.model.base import Classifier, ModelError, ProbabilityClassifier
 from monitor.model.bundle import Bundle, ModelUsageError
 from monitor.model.preprocess import PreprocessSpec, resize_centre_crop
-from monitor.types import Prediction
 
 if TYPE_CHECKING:
     import torch
@@ -448,7 +447,7 @@ def _pool_or_conv(op: str, node: Any, attrs: dict[str, Any], F: Any, torch: Any)
 # --- the classifier ----------------------------------------------------------------------
 
 
-class TorchClassifier(Classifier):
+class TorchClassifier(ProbabilityClassifier):
     """A bundle's ONNX graph run by PyTorch: float16 on a CUDA GPU, float32 on the CPU.
 
     Images are cropped and resized on the CPU (the same :func:`resize_centre_crop` as the
@@ -573,14 +572,6 @@ class TorchClassifier(Classifier):
             crops[i] = resize_centre_crop(image, self.preprocess)
         # float16 rounding can put a probability a hair outside [0, 1]; Prediction rejects that.
         return np.clip(self._run(crops), 0.0, 1.0)
-
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """Classify RGB uint8 images (HxWx3, any size) and return one Prediction each."""
-        rows = self.predict_proba(images)
-        return [
-            Prediction.from_probabilities({label: float(p) for label, p in zip(self.labels, row, strict=True)}, self.model_id)
-            for row in rows
-        ]
 
     def __repr__(self) -> str:
         return f"TorchClassifier({self.model_id!r}, {self.model_path}, device={self.device}, half={self.half})"

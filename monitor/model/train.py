@@ -412,7 +412,7 @@ def train(options: TrainOptions, *, progress: ProgressFn | None = None) -> Train
             dataset_sha256=dataset_sha256(dataset.images, data_dir),
             training=training,
             built_with=_versions(),
-            **export_info,
+            **export_info.as_meta(),
         )
     return TrainResult(bundle=bundle, metrics=metrics, seconds=time.perf_counter() - started, dataset=dataset, learner=learn)
 
@@ -593,7 +593,7 @@ def import_learner(pkl: Path, out: Path, *, trust: bool, name: str | None = None
             imported_from={"file": pkl.name, "sha256": _sha256(pkl),
                            "imported_at": datetime.now(UTC).isoformat(timespec="seconds")},
             built_with=_versions(),
-            **export_info,
+            **export_info.as_meta(),
         )
 
 

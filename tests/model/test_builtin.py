@@ -30,6 +30,7 @@ from monitor.model.builtin import (
     sha256_file,
     weights_file,
 )
+from monitor.model.onnx_export import ExportInfo
 from monitor.model.preprocess import preprocess_batch
 
 MIN_OVERALL_ACCURACY = 0.7
@@ -253,10 +254,10 @@ def test_damaged_cache_is_detected_and_rebuilt(
 
     exports: list[Path] = []
 
-    def copy_real_export(weights: Path, out_path: Path) -> dict:
+    def copy_real_export(weights: Path, out_path: Path) -> ExportInfo:
         exports.append(out_path)
         shutil.copyfile(model_cache / CACHE_SUBDIR / ONNX_FILE, out_path)
-        return {"exporter": "copy", "opset": 18, "max_abs_diff": 0.0}
+        return ExportInfo("copy", 18, 0.0)
 
     monkeypatch.setattr(builtin, "_export_onnx", copy_real_export)
     (directory / ".model.onnx.killed-build.tmp").write_bytes(b"left by a build that was killed")
@@ -274,7 +275,7 @@ def test_failed_rebuild_leaves_no_half_files(cache_copy: Path, monkeypatch) -> N
     damaged = (directory / ONNX_FILE).read_bytes()
     meta_before = (directory / META_FILE).read_bytes()
 
-    def crash_midway(weights: Path, out_path: Path) -> dict:
+    def crash_midway(weights: Path, out_path: Path) -> ExportInfo:
         out_path.write_bytes(b"half a graph")
         raise ModelError("export crashed")
 
