@@ -1,16 +1,20 @@
-"""Bulk writes: many rows in one statement, the fastest way each database offers.
+"""Bulk writes: many rows in one statement, the cheapest way each database offers.
 
 Responsible for the two write shapes of the recording hot path, a batch of stills at a
 time: :func:`insert_rows` (new rows, optionally skipping ones whose key exists, with
 columns back) and :func:`add_counts` (counter rows inserted or added to).
 
-On PostgreSQL each call is **one statement with one array parameter per column**,
-``INSERT ... SELECT * FROM unnest(:col1, :col2, ...)``. Its text never changes with the
-number of rows, so SQLAlchemy compiles it once, psycopg parses it once and the server
-prepares it once; a multi-row ``VALUES`` list (what executemany turns into) has a
-parameter per value, which psycopg does not cache past 50, and executemany of single
-rows costs a statement per row. Here this is what took `bench/queue_load.py` past
-1,000 items/s. On SQLite, executemany is already a cached prepared statement in C.
+On PostgreSQL each call is **one statement with one parameter**: the rows as a JSON
+array, turned back into rows of the table's own type on the server,
+``INSERT INTO t (...) SELECT ... FROM json_populate_recordset(NULL::t, :rows)``. The SQL
+text never changes with the number of rows, so SQLAlchemy compiles it once, psycopg
+parses it once and the server prepares it once; ``json.dumps`` (C) is the only
+per-value work in Python. The alternatives measured on the recording benchmark
+(`bench/queue_load.py`, client CPU per still): ORM objects 1.1 ms; a multi-row
+``VALUES`` (what executemany becomes; psycopg does not cache statements with over 50
+parameters) or one array parameter per column with ``unnest`` 0.8 ms (psycopg quotes
+every array element in Python); this 0.45 ms. On SQLite, executemany is already one
+prepared statement run in C.
 
 Nothing here commits; both take the caller's session.
 """
@@ -19,17 +23,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, Table, Text, bindparam, cast, func, select
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy import Table, Text, bindparam, cast, func, literal_column, select
+from sqlalchemy.dialects.postgresql import JSON as JSON_SQL
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlmodel import Session
 
 from monitor.store.db import StoreError
+from monitor.store.tables import UTCDateTime
 
 _INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
 
@@ -105,22 +111,26 @@ def _dialect(session: Session) -> str:
 
 
 def _parameters(dialect: str, table: Table, columns: tuple[str, ...], rows: Sequence[Mapping[str, Any]]) -> Any:
-    if dialect == "postgresql":  # one array per column; JSON values go as text (see below)
-        json_columns = _json_columns(table, columns)
-        return {
-            column: [_json_text(row[column]) for row in rows] if column in json_columns
-            else [row[column] for row in rows]
-            for column in columns
-        }
+    if dialect == "postgresql":  # all rows as one JSON array of objects
+        stamps = [column for column in columns if isinstance(table.c[column].type, UTCDateTime)]
+        if stamps:
+            rows = [{**row, **{column: _utc_text(row[column]) for column in stamps}} for row in rows]
+        return {"rows": json.dumps(rows, allow_nan=False, separators=(",", ":"))}
     return list(rows)  # executemany
 
 
-def _json_columns(table: Table, columns: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(column for column in columns if isinstance(table.c[column].type, JSON))
+def _utc_text(value: datetime | None) -> str | None:
+    """What :class:`UTCDateTime` stores, as the ISO text PostgreSQL parses."""
+    if value is None:
+        return None
+    if value.utcoffset() is None:
+        raise ValueError("datetimes stored must be timezone-aware; use datetime.now(timezone.utc)")
+    return value.astimezone(timezone.utc).isoformat()
 
 
-def _json_text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
+def _qualified_name(table: Table) -> str:
+    quote = '"{}"'.format
+    return f"{quote(table.schema)}.{quote(table.name)}" if table.schema else quote(table.name)
 
 
 @lru_cache(maxsize=64)
@@ -135,16 +145,12 @@ def _insert_statement(
     """Built once per shape: building ``excluded`` and the unnest call is not free."""
     insert = _INSERTS[dialect]
     if dialect == "postgresql":
-        # A JSON list inside an array parameter would be read as a nested array, so JSON
-        # values travel as text and are cast back on the server.
-        json_columns = _json_columns(table, columns)
-        arrays = [
-            bindparam(column, type_=ARRAY(Text() if column in json_columns else table.c[column].type))
-            for column in columns
-        ]
-        source = func.unnest(*arrays).table_valued(*columns).render_derived()
-        values = [cast(source.c[column], JSONB) if column in json_columns else source.c[column] for column in columns]
-        statement = insert(table).from_select(list(columns), select(*values))
+        # The server turns the JSON back into rows of the table's own type, so each value
+        # is parsed by its column's type: no casts or per-column parameters here.
+        row_type = literal_column(f"NULL::{_qualified_name(table)}")
+        rows = func.json_populate_recordset(row_type, cast(bindparam("rows", type_=Text()), JSON_SQL))
+        source = rows.table_valued(*columns)
+        statement = insert(table).from_select(list(columns), select(*(source.c[column] for column in columns)))
     else:
         statement = insert(table)
     if conflict and add:
