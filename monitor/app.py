@@ -46,6 +46,7 @@ from monitor.notify import build_dispatcher, targets_by_site
 from monitor.worker import LeasedCameras, LiveStatuses
 from monitor.types import Frame, Outcome, SourceStatus
 from monitor.drift import Cached, DriftDetector
+from monitor.job_lease import DRIFT_JOB, ROLLOUT_JOB, JobLease
 from monitor.metrics import ReviewNumbers
 from monitor.ood import OodDetector
 from monitor.store.observe import drift_flag_provider, review_numbers
@@ -249,17 +250,33 @@ class LiveMonitor:
         self.metrics_port: int | None = None
         self._web_server: WebServer | None = None
         self._stopped = threading.Event()
-        # Gates are evaluated periodically so automatic rollback (when enabled) can act.
+        # Gates are evaluated periodically so automatic rollback (when enabled) can act;
+        # with workers, only by the holder of the rollout job's lease.
+        self.evaluation_lease: JobLease | None = None
+        if worker_name is not None:
+            self.evaluation_lease = JobLease(
+                core.engine, job=ROLLOUT_JOB, worker=worker_name,
+                ttl=config.workers.lease_ttl, heartbeat=config.workers.heartbeat,
+            )
         self.evaluation = EvaluationJob(
             core.engine, RolloutContext.from_config(config, drift_flags=drift_flag_provider(core.engine)),
-            site_ids=[site.id for site in config.sites],
+            site_ids=[site.id for site in config.sites], leader=self.evaluation_lease,
         )
         self.drift: DriftDetector | None = None
+        # With workers, one of them (the drift job's lease holder) runs the detector.
+        self.drift_lease: JobLease | None = None
         if config.drift.enabled:
             cameras: dict[str, list[str]] = {site.id: [] for site in config.sites}
             for site, camera in config.cameras():
                 cameras[site.id].append(camera.id)
-            self.drift = DriftDetector(core.engine, config.drift, cameras, baseline_periods=_manual_periods)
+            if worker_name is not None:
+                self.drift_lease = JobLease(
+                    core.engine, job=DRIFT_JOB, worker=worker_name,
+                    ttl=config.workers.lease_ttl, heartbeat=config.workers.heartbeat,
+                    on_acquired=lambda: self.drift.run_soon(), on_lost=lambda: self.drift.forget(),
+                )
+            self.drift = DriftDetector(core.engine, config.drift, cameras, baseline_periods=_manual_periods,
+                                       leader=self.drift_lease)
             core.metrics.watch_drift(self.drift.numbers)
         engine, window = core.engine, config.drift.review_window
 
@@ -298,9 +315,13 @@ class LiveMonitor:
             log.info("review UI on http://%s:%d/", metrics.host, self.metrics_port)
         self.worker.start()
         self.sampler.start()
+        if self.evaluation_lease is not None:
+            self.evaluation_lease.start()
         self.evaluation.start()
         if self.drift is not None:
             self.drift.start()
+        if self.drift_lease is not None:
+            self.drift_lease.start()
         self.dispatcher.start()
         if self.leased is not None:
             self.leased.start()
@@ -322,8 +343,12 @@ class LiveMonitor:
         if self.leased is not None:
             self.leased.stop()  # after the pipeline stored what was sampled: hand the cameras over
         self.evaluation.stop()
+        if self.evaluation_lease is not None:
+            self.evaluation_lease.stop(release=True)
         if self.drift is not None:
             self.drift.stop()
+        if self.drift_lease is not None:
+            self.drift_lease.stop(release=True)  # after the detector stopped: another worker takes over
         if self._web_server is not None:
             self._web_server.stop()
         self.core.close()

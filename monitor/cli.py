@@ -325,5 +325,11 @@ for _command in _DB_COMMANDS:
     main.add_command(_command)
 
 
+# Dead alert notifications: list, requeue, discard (notify dead, retry, discard).
+from monitor.cli_notify import COMMANDS as _NOTIFY_COMMANDS  # noqa: E402
+for _command in _NOTIFY_COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":
     main()

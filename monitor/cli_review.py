@@ -15,15 +15,14 @@ import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
+from monitor.cli_errors import EXIT_USAGE, one_line_errors
+from monitor.cli_errors import fail as _fail
 from monitor.config import DEFAULT_DATA_DIR, ConfigError, MonitorConfig, default_config, load_config, parse_duration
 
 log = logging.getLogger("monitor")
-
-from monitor.cli_errors import EXIT_FAILURE, EXIT_USAGE, fail as _fail, one_line_errors
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:
@@ -300,26 +299,40 @@ def dataset_export(out_dir: str, config_path: str | None) -> None:
 
 
 @click.command()
-@click.option("--older-than", required=True, help="Delete items captured longer ago than this (e.g. 30d, 12h).")
+@click.option("--older-than", required=True,
+              help="Delete items captured, and notifications delivered, longer ago than this (e.g. 30d, 12h).")
 @click.option("--include-reviewed", is_flag=True, help="Also delete reviewed items and their decision history.")
+@click.option("--samples-older-than", default="2d", show_default=True,
+              help="Forget that a stream's still was recorded after this long (at least 1h); "
+                   "folder and video-file cameras are never forgotten.")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 @config_option
 @review_errors
-def prune(older_than: str, include_reviewed: bool, dry_run: bool, config_path: str | None) -> None:
-    """Delete old unreviewed negative samples and their snapshots; hourly counts stay."""
+def prune(older_than: str, include_reviewed: bool, samples_older_than: str, dry_run: bool,
+          config_path: str | None) -> None:
+    """Delete old unreviewed negative samples and their snapshots, delivered notifications and
+    old samples rows; hourly counts, pending and dead notifications stay."""
+    from monitor.retention import MIN_SAMPLES_OLDER_THAN, prune_history
     from monitor.retention import prune as prune_items
     from monitor.store import SnapshotStore, session_scope
 
-    try:
-        age = timedelta(seconds=parse_duration(older_than))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    ages = {}
+    for option, value in (("--older-than", older_than), ("--samples-older-than", samples_older_than)):
+        try:
+            ages[option] = timedelta(seconds=parse_duration(value))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=option) from None
+    if ages["--samples-older-than"] < MIN_SAMPLES_OLDER_THAN:
+        raise click.BadParameter("at least 1h: a worker may still retry recording newer stills, and their "
+                                 "samples rows keep them from being recorded twice", param_hint="--samples-older-than")
     config = _load(config_path)
     engine = _open_store(config)
     try:
         with session_scope(engine) as session:
-            report = prune_items(session=session, snapshots=SnapshotStore(Path(config.snapshots)), older_than=age,
-                                 include_reviewed=include_reviewed, dry_run=dry_run)
+            history = prune_history(session=session, config=config, older_than=ages["--older-than"],
+                                    samples_older_than=ages["--samples-older-than"], dry_run=dry_run)
+            report = prune_items(session=session, snapshots=SnapshotStore(Path(config.snapshots)),
+                                 older_than=ages["--older-than"], include_reviewed=include_reviewed, dry_run=dry_run)
     finally:
         engine.dispose()
     what = "reviewed and unreviewed" if include_reviewed else "unreviewed negative-sample"
@@ -329,6 +342,13 @@ def prune(older_than: str, include_reviewed: bool, dry_run: bool, config_path: s
         click.echo(f"deleted {report.items} {what} item(s) captured before {report.cutoff:%Y-%m-%d %H:%M} UTC "
                    f"and {report.snapshots} snapshot(s)"
                    + (f"; {report.missing_snapshots} snapshot(s) were already gone" if report.missing_snapshots else ""))
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {history.notifications} delivered or discarded notification(s) and {history.alerts} "
+               f"alert(s) from before {history.cutoff:%Y-%m-%d %H:%M} UTC (pending and dead ones stay)")
+    click.echo(f"{verb} {history.samples} samples row(s) of {len(history.sample_cameras)} stream camera(s) "
+               f"from before {history.samples_cutoff:%Y-%m-%d %H:%M} UTC"
+               + (f"; kept those of {len(history.kept_cameras)} folder or video-file camera(s), which are "
+                  "what keeps their files' stills from being recorded twice" if history.kept_cameras else ""))
 
 
 COMMANDS = (serve, user, token, dataset, prune)

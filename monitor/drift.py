@@ -15,7 +15,7 @@ Four questions, each with a minimum amount of data before it is asked:
 * **Alert rate** (``rate_up`` / ``rate_down``): alert episodes per classified still in
   each window against the baseline, by the exact conditional test of a Poisson rate
   ratio (given both counts, the window's count is binomial; the tails come from
-  :mod:`rollout.stats`). A change is flagged when the ratio is at least
+  :mod:`monitor.stats`). A change is flagged when the ratio is at least
   ``rate_ratio_up`` (or at most ``rate_ratio_down``) *and* significant at
   ``rate_alpha`` shared among the windows (Bonferroni). Episodes, not positive stills,
   are counted: a bear in view for a minute gives a dozen positives, which are one event.
@@ -32,6 +32,12 @@ Four questions, each with a minimum amount of data before it is asked:
 
 A flag closes once its condition has not been seen for ``clear_after`` evaluations.
 ``bench/drift_sim.py`` measures the alert-rate rule on simulated Poisson streams.
+
+With many `monitor run --worker` processes on one database, only one runs the detector:
+the one holding the ``drift`` job lease (:mod:`monitor.job_lease`), passed in as
+``leader``. The others skip their scheduled evaluations and export no drift numbers;
+when the holder dies, another worker takes the lease over and evaluates at once. A
+single process without ``leader`` always evaluates.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Protocol
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -54,7 +61,7 @@ from monitor.observe_config import DriftConfig
 from monitor.store.db import session_scope
 from monitor.store.observe import Counts, Period, close_quiet_flags, open_flags, scope_counts, see_flag
 from monitor.store.tables import DriftKind, utc_hour
-from rollout.stats import binom_cdf, binom_sf, chi2_sf
+from monitor.stats import binom_cdf, binom_sf, chi2_sf
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,22 @@ _OTHER = "(other)"
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class Leadership(Protocol):
+    """Whether this process runs the detector (a :class:`monitor.job_lease.JobLease`)."""
+
+    def holds(self) -> bool:
+        """This process holds the job now (no database access)."""
+        ...
+
+    def confirm(self, session: Session) -> bool:
+        """Inside the evaluation's transaction: the job is still this process's."""
+        ...
+
+
+class NotLeader(Exception):
+    """Another worker runs the drift detector; this one must not evaluate."""
 
 
 # ---------------------------------------------------------------- the statistics, pure
@@ -406,6 +429,8 @@ class DriftDetector:
         baseline_periods: (session, site id) -> the site's manual-stage periods; None
             uses all data before the windows (only when no rollout is wired).
         clock: the current time (aware); injectable for tests.
+        leader: with many workers, the drift job's lease: evaluations run only while
+            it is held, and write only while the database confirms it. None: always.
     """
 
     def __init__(
@@ -416,12 +441,14 @@ class DriftDetector:
         *,
         baseline_periods: BaselinePeriods | None = None,
         clock: Clock = utcnow,
+        leader: Leadership | None = None,
     ) -> None:
         self._engine = engine
         self.config = config
         self._sites = {site: list(cameras) for site, cameras in sites.items()}
         self._baseline_periods = baseline_periods
         self._clock = clock
+        self._leader = leader
         self._lock = threading.Lock()
         self._results: dict[tuple[str, str | None], ScopeResult] = {}
         self._open: dict[tuple[str, str | None], set[str]] = {}
@@ -465,11 +492,15 @@ class DriftDetector:
             What was found.
 
         Raises:
+            NotLeader: a ``leader`` was given and another worker runs the detector.
             StoreError, SQLAlchemyError: the database failed (nothing was changed).
         """
         now = self._clock()
         cameras = [camera_id] if camera_id is not None else self._sites[site_id]
         with session_scope(self._engine) as session:
+            # First, so that (on PostgreSQL) the lease stays locked until this commits.
+            if self._leader is not None and not self._leader.confirm(session):
+                raise NotLeader(f"another worker runs the drift detector (site {site_id})")
             periods = self._periods(session, site_id, now)
             baseline = scope_counts(cameras, periods, session=session)
             windows = [
@@ -501,8 +532,14 @@ class DriftDetector:
         return [self.evaluate(site_id, camera_id) for site_id, camera_id in self.scopes()]
 
     def _job(self, site_id: str, camera_id: str | None) -> None:
+        if self._leader is not None and not self._leader.holds():
+            self.forget()
+            return
         try:
             self.evaluate(site_id, camera_id)
+        except NotLeader:
+            self.forget()
+            return
         except Exception as exc:  # one failed evaluation must not end the schedule
             with self._lock:
                 self._runs["error"] += 1
@@ -534,11 +571,35 @@ class DriftDetector:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
 
-    def numbers(self) -> DriftNumbers:
-        """The latest results of this process, for /metrics."""
-        numbers = DriftNumbers()
+    def run_soon(self) -> None:
+        """Evaluate every scope now instead of at its next interval (this worker just became leader)."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        now = datetime.now(timezone.utc)
+        for job in scheduler.get_jobs():
+            try:
+                job.modify(next_run_time=now)
+            except Exception:  # the scheduler may be shutting down
+                log.debug("could not reschedule %s", job.id, exc_info=True)
+
+    def forget(self) -> None:
+        """Drop this process's results: another worker runs the detector, and /metrics must
+        not keep showing numbers this one no longer updates."""
         with self._lock:
-            for (site_id, camera_id), result in self._results.items():
+            self._results.clear()
+            self._open.clear()
+
+    def is_leader(self) -> bool:
+        """Whether this process runs the detector now (always, without a ``leader``)."""
+        return self._leader is None or self._leader.holds()
+
+    def numbers(self) -> DriftNumbers:
+        """The latest results of this process, for /metrics; none while another worker runs the detector."""
+        numbers = DriftNumbers(leader=self.is_leader())
+        with self._lock:
+            results = self._results.items() if numbers.leader else ()
+            for (site_id, camera_id), result in results:
                 camera = camera_id or ""
                 opened = self._open.get((site_id, camera_id), set())
                 for kind in DriftKind:

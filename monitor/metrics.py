@@ -251,6 +251,8 @@ class DriftNumbers:
         ood_ratio: (site, camera) -> out-of-domain share over the baseline's.
         last_run: seconds since the epoch of the last finished evaluation; None before it.
         runs: (outcome) -> evaluations finished ("ok") or failed ("error").
+        leader: whether this process runs the detector (with many workers, only the
+            holder of the drift job's lease does); None when unknown.
     """
 
     flags: dict[tuple[str, str, str], float] = field(default_factory=dict)
@@ -261,6 +263,7 @@ class DriftNumbers:
     ood_ratio: dict[tuple[str, str], float] = field(default_factory=dict)
     last_run: float | None = None
     runs: dict[str, int] = field(default_factory=dict)
+    leader: bool | None = None
 
 
 class _DriftCollector(Collector):
@@ -289,6 +292,8 @@ class _DriftCollector(Collector):
         last = GaugeMetricFamily("monitor_drift_last_run_timestamp_seconds",
                                  "When the drift detector last finished an evaluation")
         runs = CounterMetricFamily("monitor_drift_evaluations", "Drift evaluations by outcome", labels=["outcome"])
+        leader = GaugeMetricFamily("monitor_drift_leader",
+                                   "1 in the process that runs the drift detector (one worker at a time)")
         for key, value in numbers.flags.items():
             flag.add_metric(list(key), value)
         for key, value in numbers.rate_ratio.items():
@@ -301,7 +306,9 @@ class _DriftCollector(Collector):
             last.add_metric([], numbers.last_run)
         for outcome, value in numbers.runs.items():
             runs.add_metric([outcome], float(value))
-        return [flag, ratio, baseline, psi, mix, ood, last, runs]
+        if numbers.leader is not None:
+            leader.add_metric([], 1.0 if numbers.leader else 0.0)
+        return [flag, ratio, baseline, psi, mix, ood, last, runs, leader]
 
 
 def with_constant_labels(registry: CollectorRegistry, labels: Mapping[str, str]) -> CollectorRegistry:

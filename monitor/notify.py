@@ -6,7 +6,9 @@ Responsible for the sending side of notifications (the writing side is
 * :class:`WebhookNotifier`: an HTTP POST of the alert's JSON with an
   ``Idempotency-Key`` header (the alert's key) and an ``X-Monitor-Signature`` header,
   ``t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`` keyed with the target's
-  secret; :func:`verify_signature` is what a receiver runs. Any 2xx is a delivery.
+  secret; :func:`verify_signature` is what a receiver runs. Any 2xx is a delivery. A
+  4xx other than 408, 409, 425 and 429 is a *rejection*: the receiver understood the
+  request and refused it, so the same request will not do better later.
 * :class:`MqttNotifier`: a publish to ``{topic_prefix}/{site}/{camera}`` (QoS 1 by
   default), delivered when the broker acknowledges it.
 * :class:`Dispatcher`: a thread that repeatedly takes the oldest pending entry of each
@@ -15,6 +17,12 @@ Responsible for the sending side of notifications (the writing side is
   a camera is never sent before the previous one was delivered, so receivers see each
   camera's alerts in order. Delivery is at least once: a crash between a send and its
   mark sends that alert again, which receivers drop by its key.
+* Dead letters (:func:`give_up_reason`): a failed entry goes ``dead`` instead of being
+  retried when it is older than ``notify.retry.max_age`` (24 h; counted from its last
+  requeue), after ``max_attempts`` tries when set, or after ``rejected_attempts`` tries
+  (3) whose last was a rejection. A dead entry keeps its error, no longer holds up the
+  camera's later alerts, is counted in ``monitor_outbox_dead`` (the
+  MonitorNotificationsDead alert) and waits for `monitor notify retry` or `discard`.
 
 :func:`create_notifier` is the one factory, chosen by the target's ``kind``. Metrics
 for delivery are made here, against the registry passed in, with a bounded ``target``
@@ -33,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta, timezone
+from enum import Enum
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -41,13 +50,17 @@ from sqlalchemy.engine import Engine
 from monitor.notify_config import MqttTarget, NotifyConfig, RetryConfig, WebhookTarget
 from monitor.redact import redact_text
 from monitor.store.db import session_scope
-from monitor.store.outbox import due_heads, mark_delivered, mark_failed, pending_by_target
+from monitor.store.cluster_tables import OutboxEntry, OutboxStatus
+from monitor.store.outbox import due_heads, entry_age_from, mark_dead, mark_delivered, mark_failed, status_counts
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Monitor-Signature"
 KEY_HEADER = "Idempotency-Key"
 SIGNATURE_TOLERANCE_S = 300
+# 4xx answers that say "not now" rather than "never": timeout, conflict (the receiver is
+# busy with the same key), too early, too many requests. Every other 4xx is a rejection.
+RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 Clock = Callable[[], datetime]
 
 
@@ -56,7 +69,16 @@ def utcnow() -> datetime:
 
 
 class DeliveryError(Exception):
-    """One delivery attempt failed; the message is one line without secrets."""
+    """One delivery attempt failed; the message is one line without secrets.
+
+    Attributes:
+        rejected: the receiver answered and refused this alert (a webhook's 4xx other
+            than 408, 409, 425, 429); trying again will not help.
+    """
+
+    def __init__(self, message: str, *, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.rejected = rejected
 
 
 class Notifier(Protocol):
@@ -148,8 +170,11 @@ class WebhookNotifier:
             response = self._client.post(self._url, content=body, headers=headers)
         except self._errors as exc:
             raise DeliveryError(redact_text(f"{exc.__class__.__name__}: {exc}")) from None
-        if not 200 <= response.status_code < 300:
-            raise DeliveryError(f"HTTP {response.status_code} from the webhook")
+        status = response.status_code
+        if not 200 <= status < 300:
+            rejected = 400 <= status < 500 and status not in RETRYABLE_4XX
+            raise DeliveryError(f"HTTP {status} from the webhook" + (" (rejected)" if rejected else ""),
+                                rejected=rejected)
 
     def close(self) -> None:
         self._client.close()
@@ -258,15 +283,60 @@ def targets_by_site(config: Any) -> dict[str, list[str]]:
 
 
 class NotifyMetrics:
-    """Delivery metrics, against the registry passed in; ``target`` is a config name."""
+    """Delivery metrics, against the registry passed in; ``target`` is a config name.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    The counters are this process's; the gauges are read from the shared database, so
+    every worker reports the same value (aggregate them with ``max``, not ``sum``).
+
+    Args:
+        registry: where the metrics are registered.
+        targets: the configured target names; their series start at zero.
+    """
+
+    def __init__(self, registry: CollectorRegistry, targets: Collection[str] = ()) -> None:
         self.delivered = Counter("monitor_notifications_delivered_total", "Alerts delivered to a target",
                                  ["target"], registry=registry)
         self.failures = Counter("monitor_notification_failures_total",
-                                "Failed delivery attempts (each is retried)", ["target"], registry=registry)
+                                "Failed delivery attempts (retried unless the alert went dead)", ["target"],
+                                registry=registry)
+        self.dead = Counter("monitor_notifications_dead_total",
+                            "Alerts this process gave up delivering to a target (dead letters)", ["target"],
+                            registry=registry)
         self.pending = Gauge("monitor_outbox_pending", "Alerts waiting for delivery to a target",
                              ["target"], registry=registry)
+        self.dead_waiting = Gauge("monitor_outbox_dead", "Dead alerts of a target waiting for an operator "
+                                  "(`monitor notify retry` or `discard`)", ["target"], registry=registry)
+        for target in targets:
+            for metric in (self.delivered, self.failures, self.dead):
+                metric.labels(target)
+
+
+def give_up_reason(entry: OutboxEntry, error: DeliveryError, retry: RetryConfig, now: datetime) -> str | None:
+    """Why a failed entry goes dead now instead of being retried; None to retry it.
+
+    Args:
+        entry: the entry as it was before this attempt (``attempts`` not yet counted).
+        error: how this attempt failed.
+        retry: the policy.
+        now: the dispatcher's clock.
+    """
+    attempts = entry.attempts + 1
+    if error.rejected and attempts >= retry.rejected_attempts:
+        return f"rejected {attempts} time(s)"
+    if retry.max_attempts is not None and attempts >= retry.max_attempts:
+        return f"{attempts} failed attempts"
+    age = (now - entry_age_from(entry)).total_seconds()
+    if age >= retry.max_age:
+        return f"undelivered for {age / 3600:.1f} h"
+    return None
+
+
+class Attempt(Enum):
+    """What one delivery attempt came to."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"  # failed; tried again after a backoff
+    DEAD = "dead"  # failed and given up on; the camera's next entry goes on
 
 
 def backoff(attempts: int, retry: RetryConfig, rng: random.Random) -> float:
@@ -286,7 +356,7 @@ class Dispatcher:
         engine: the store's engine.
         notifiers: target name -> notifier; entries for other targets are left alone
             (another process with that target configured delivers them).
-        retry: backoff settings.
+        retry: backoff settings, and when to give up on an entry (dead letters).
         cameras: returns the cameras this process delivers for (the ones it holds a
             lease on); None delivers for every camera.
         metrics: delivery metrics; optional.
@@ -350,7 +420,9 @@ class Dispatcher:
         """Deliver every entry that is due now, in order per camera; returns how many arrived.
 
         A target that fails is not tried again in the same round, so an unreachable
-        receiver costs one timeout per round, not one per camera.
+        receiver costs one timeout per round, not one per camera. An entry that goes
+        dead lets the camera's next entry go in the same round, unless the target was
+        unreachable (then the next waits for the next round, like a retry).
         """
         delivered = 0
         down: set[str] = set()
@@ -365,45 +437,59 @@ class Dispatcher:
             for entry in heads:
                 if self._stop.is_set() or entry.target in down:
                     continue
-                if self._deliver(entry):
-                    progress += 1
-                else:
+                attempt, reachable = self._deliver(entry)
+                if attempt is Attempt.DELIVERED:
+                    delivered += 1
+                if attempt is not Attempt.RETRY:
+                    progress += 1  # the camera's next entry is its head now
+                if not reachable:
                     down.add(entry.target)
-            delivered += progress
             if progress == 0:
                 break
-        self._export_pending()
+        self._export_outbox()
         return delivered
 
-    def _deliver(self, entry: Any) -> bool:
+    def _deliver(self, entry: OutboxEntry) -> tuple[Attempt, bool]:
+        """Send one entry and record the result; returns it and whether the target answered."""
         notifier = self._notifiers[entry.target]
         payload = entry.payload
         try:
             notifier.send(payload, key=payload["key"], site=payload["site"], camera=entry.camera_id)
         except DeliveryError as exc:
+            now = self._clock()
+            reason = give_up_reason(entry, exc, self._retry, now)
+            if self._metrics is not None:
+                self._metrics.failures.labels(entry.target).inc()
+            if reason is not None:
+                with session_scope(self._engine) as session:
+                    mark_dead(int(entry.id), session=session, error=str(exc), now=now)
+                if self._metrics is not None:
+                    self._metrics.dead.labels(entry.target).inc()
+                log.error("alert %s to %s is dead (%s): %s; the camera's later alerts go on; "
+                          "`monitor notify retry --target %s` requeues it",
+                          payload["key"], entry.target, reason, exc, entry.target)
+                return Attempt.DEAD, exc.rejected
             wait = backoff(entry.attempts + 1, self._retry, self._rng)
             log.warning("alert %s to %s failed (attempt %d, next in %.1fs): %s",
                         payload["key"], entry.target, entry.attempts + 1, wait, exc)
             with session_scope(self._engine) as session:
-                mark_failed(int(entry.id), session=session, error=str(exc),
-                            retry_at=self._clock() + timedelta(seconds=wait))
-            if self._metrics is not None:
-                self._metrics.failures.labels(entry.target).inc()
-            return False
+                mark_failed(int(entry.id), session=session, error=str(exc), retry_at=now + timedelta(seconds=wait))
+            return Attempt.RETRY, False
         with session_scope(self._engine) as session:
             mark_delivered(int(entry.id), session=session, now=self._clock())
         if self._metrics is not None:
             self._metrics.delivered.labels(entry.target).inc()
         log.debug("alert %s delivered to %s", payload["key"], entry.target)
-        return True
+        return Attempt.DELIVERED, True
 
-    def _export_pending(self) -> None:
+    def _export_outbox(self) -> None:
         if self._metrics is None:
             return
         with session_scope(self._engine) as session:
-            pending = pending_by_target(session=session)
+            counts = status_counts(session=session)
         for name in self._notifiers:
-            self._metrics.pending.labels(name).set(pending.get(name, 0))
+            self._metrics.pending.labels(name).set(counts.get((name, OutboxStatus.PENDING.value), 0))
+            self._metrics.dead_waiting.labels(name).set(counts.get((name, OutboxStatus.DEAD.value), 0))
 
 
 def build_dispatcher(
@@ -422,5 +508,5 @@ def build_dispatcher(
     client_id = client_id or f"bear-monitor-{socket.gethostname()}"
     notifiers = {name: create_notifier(name, target, client_id=f"{client_id}-{name}")
                  for name, target in config.targets.items()}
-    metrics = NotifyMetrics(registry) if registry is not None and notifiers else None
+    metrics = NotifyMetrics(registry, notifiers) if registry is not None and notifiers else None
     return Dispatcher(engine, notifiers, config.retry, cameras=cameras, metrics=metrics)

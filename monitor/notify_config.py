@@ -2,7 +2,7 @@
 
 ``notify.targets`` names where alerts go (a webhook or an MQTT broker); each site lists
 the targets it alerts in ``sites[].notify``; ``notify.retry`` is the dispatcher's
-backoff. ``workers`` holds the lease timing of `monitor run --worker NAME` processes.
+backoff and when it gives up on an alert (a dead letter). ``workers`` holds the lease timing of `monitor run --worker NAME` processes.
 
 Strict like the rest of the config. :mod:`monitor.config` composes these models, so this
 module must not import it at import time (a cycle): it has its own :class:`Strict` base
@@ -100,12 +100,32 @@ NotifyTarget = Annotated[Union[WebhookTarget, MqttTarget], Field(discriminator="
 
 
 class RetryConfig(Strict):
-    """How the dispatcher retries a delivery that failed: exponential backoff with jitter."""
+    """How the dispatcher retries a delivery that failed (exponential backoff with jitter),
+    and when it gives up on one: the alert becomes a dead letter, kept for an operator
+    (`monitor notify dead`, `monitor notify retry`), and the camera's later alerts go on."""
 
     initial: Duration = Field(1.0, description="wait this long before the first retry")
     max: Duration = Field(300.0, description="never wait longer than this between tries")
     multiplier: float = Field(2.0, ge=1.0, le=10.0, description="each failed try multiplies the wait by this")
     poll: Duration = Field(1.0, description="look for new alerts to deliver at least this often")
+    max_age: Duration = Field(
+        86400.0,
+        description="an alert still undelivered this long after it was raised (or requeued) goes dead "
+        "at its next failed try ('24h')",
+    )
+    max_attempts: int | None = Field(
+        None, ge=1, description="also go dead after this many failed tries; none: only max_age counts"
+    )
+    rejected_attempts: int = Field(
+        3, ge=1, le=100,
+        description="an alert a webhook rejects (4xx except 408, 409, 425, 429) goes dead once it was "
+        "tried this many times, instead of being retried until max_age",
+    )
+
+    @model_validator(mode="after")
+    def _verify(self) -> "RetryConfig":
+        verify_backoff(self)
+        return self
 
 
 class NotifyConfig(Strict):
@@ -152,6 +172,15 @@ def verify_mqtt(target: MqttTarget) -> None:
         raise ValueError("topic_prefix must be a topic without '+', '#' or a leading '/', e.g. bear-monitor/alerts")
     if target.password is not None and target.password_env is not None:
         raise ValueError("give at most one of `password` or `password_env`")
+
+
+def verify_backoff(retry: RetryConfig) -> None:
+    """The first wait is not above the cap, and an alert lives long enough to be retried."""
+    if retry.initial > retry.max:
+        raise ValueError(f"initial ({retry.initial:g}s) must not be above max ({retry.max:g}s)")
+    if retry.max_age < retry.initial:
+        raise ValueError(f"max_age ({retry.max_age:g}s) must be at least initial ({retry.initial:g}s): "
+                         "an alert must live long enough to be retried once")
 
 
 def verify_target_names(config: NotifyConfig) -> None:

@@ -1,4 +1,4 @@
-"""Retention: delete old review items nobody needs, with their snapshots.
+"""Retention: delete old review items nobody needs, with their snapshots, and old bookkeeping rows.
 
 Responsible for `monitor prune --older-than 30d`. By default only *unreviewed negative
 samples* go: stills the model called negative, queued at random so misses can be
@@ -14,13 +14,33 @@ Rows go first, in batches, each batch one transaction whose DELETE re-checks the
 conditions (so an item a reviewer decides while the prune runs is kept); a batch's files
 are deleted after its commit. A crash between the two leaves orphan files, never a row
 without its file.
+
+:func:`prune_history` does the same for the rows `monitor run` keeps per alert and per
+still, which would otherwise grow forever:
+
+* outbox entries delivered (or discarded by an operator) before the cutoff, and then
+  alerts older than the cutoff left without entries. Pending and dead entries, and
+  their alerts, are never deleted: a dead letter stays until someone requeues or
+  discards it.
+* ``samples`` rows, after their own, shorter period (``samples_older_than``, 2 days by
+  default, at least an hour), and only of cameras whose stills carry the wall-clock
+  time at which they were sampled (:func:`wall_clock_cameras`: streams, and video files
+  replayed at real time). Such a still can only be offered for recording again while
+  it is still in a worker's memory (a retried batch, seconds to minutes), so its row is
+  not needed after that. A folder of stills (a camera-trap card) or a video file read
+  without ``replay`` gives its stills the capture times in the files, and a restarted
+  worker reads the files again: their rows are what keeps those stills from being
+  recorded (and alerted) a second time, so they are kept for as long as the camera is
+  configured that way. Rows of cameras no longer in the config are kept too (what they
+  were is unknown).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, not_, or_
@@ -29,12 +49,17 @@ from sqlmodel import Session, col, select
 
 from monitor.store import SnapshotNotFound, SnapshotStore, StoreError
 from monitor.store.db import one_line
+from monitor.store.outbox import alerts_pruned_by, prune_finished
+from monitor.store.samples import prune_samples
 from monitor.store.tables import ReviewDecision, ReviewItem, ReviewStatus, utcnow
 from monitor.types import QueueReason
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
+SAMPLES_OLDER_THAN = timedelta(days=2)
+# Far longer than a still of a live camera can wait between sampling and recording.
+MIN_SAMPLES_OLDER_THAN = timedelta(hours=1)
 
 
 @dataclass
@@ -128,4 +153,83 @@ def prune(
             except (SnapshotNotFound, StoreError) as exc:
                 report.missing_snapshots += 1
                 log.warning("could not delete snapshot of a pruned item: %s", exc)
+    return report
+
+
+@dataclass
+class HistoryReport:
+    """What :func:`prune_history` deleted (or, on a dry run, would delete)."""
+
+    cutoff: datetime
+    samples_cutoff: datetime
+    notifications: int = 0
+    alerts: int = 0
+    samples: int = 0
+    sample_cameras: list[str] = field(default_factory=list)
+    kept_cameras: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def wall_clock_cameras(config: Any) -> tuple[list[str], list[str]]:
+    """Split the configured cameras by whether their ``samples`` rows may be pruned.
+
+    Args:
+        config: a :class:`monitor.config.MonitorConfig`.
+
+    Returns:
+        (cameras whose stills carry the time they were sampled: streams, and video files
+        replayed at real time; cameras whose stills carry the times in their files: folders
+        of stills, video files read without ``replay``, and paths that are gone).
+    """
+    prunable, kept = [], []
+    for _site, camera in config.cameras():
+        live = camera.url is not None or (camera.replay and Path(str(camera.path)).expanduser().is_file())
+        (prunable if live else kept).append(camera.id)
+    return prunable, kept
+
+
+def prune_history(
+    *,
+    session: Session,
+    config: Any,
+    older_than: timedelta,
+    samples_older_than: timedelta = SAMPLES_OLDER_THAN,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> HistoryReport:
+    """Delete finished notifications and their alerts, and the samples rows no dedup check needs.
+
+    Args:
+        session: an open session; each batch is committed.
+        config: the config the workers run with (which cameras are streams).
+        older_than: keep notifications and alerts more recent than this.
+        samples_older_than: keep samples rows more recent than this (at least an hour).
+        dry_run: only count what would be deleted.
+        now: the current time (for tests).
+
+    Returns:
+        How many rows were deleted (or would be), and which cameras' samples were kept.
+
+    Raises:
+        ValueError: a period is too short.
+        StoreError: the database refused.
+    """
+    if older_than <= timedelta(0):
+        raise ValueError("--older-than must be greater than zero")
+    if samples_older_than < MIN_SAMPLES_OLDER_THAN:
+        raise ValueError("--samples-older-than must be at least 1h: a worker may still retry recording "
+                         "newer stills, and their samples rows are what keeps them from being recorded twice")
+    now = now or utcnow()
+    prunable, kept = wall_clock_cameras(config)
+    report = HistoryReport(cutoff=now - older_than, samples_cutoff=now - samples_older_than,
+                           sample_cameras=prunable, kept_cameras=kept, dry_run=dry_run)
+    try:
+        outbox = prune_finished(session=session, cutoff=report.cutoff, batch=BATCH, dry_run=dry_run)
+        report.samples = prune_samples(session=session, cameras=prunable, cutoff=report.samples_cutoff,
+                                       batch=BATCH * 2, dry_run=dry_run,
+                                       alerts_gone=alerts_pruned_by(report.cutoff) if dry_run else None)
+    except SQLAlchemyError as exc:
+        session.rollback()
+        raise StoreError(f"cannot prune notifications and samples: {one_line(exc)}") from exc
+    report.notifications, report.alerts = outbox.entries, outbox.alerts
     return report

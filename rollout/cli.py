@@ -16,17 +16,17 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from monitor.cli_errors import EXIT_FAILURE, one_line_errors
 from rollout.gates import GateReport, Verdict
 
 log = logging.getLogger("rollout")
-from monitor.cli_errors import EXIT_FAILURE, EXIT_USAGE, fail as _fail, one_line_errors
 VERDICT_STYLE = {Verdict.PASS.value: "green", Verdict.FAIL.value: "bold red", Verdict.INSUFFICIENT.value: "yellow"}
 
 

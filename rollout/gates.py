@@ -54,7 +54,7 @@ from monitor.types import DEFAULT_ALERT_LABELS, QueueReason
 from rollout import store
 from rollout.config import GatesConfig
 from rollout.stages import Stage
-from rollout.stats import poisson_rate_ratio, wilson_interval, clopper_pearson_interval
+from monitor.stats import poisson_rate_ratio, wilson_interval, clopper_pearson_interval
 
 DriftFlagProvider = Callable[[str], Sequence[str]]
 """site id -> descriptions of the site's open drift flags (empty when none)."""

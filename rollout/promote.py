@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlmodel import Session
 
@@ -409,21 +409,34 @@ def evaluate_all(site_ids: Iterable[str], *, engine: Any, ctx: RolloutContext) -
     return results
 
 
+class Leadership(Protocol):
+    """Whether this process is the one that evaluates (a ``monitor.job_lease.JobLease``)."""
+
+    def holds(self) -> bool: ...
+
+
 class EvaluationJob:
     """A daemon thread that runs :func:`evaluate_all` every ``interval`` seconds.
 
     For processes that have no scheduler of their own; `monitor run` may instead add
     :func:`evaluate_all` as a job to its APScheduler scheduler.
 
+    With many workers on one database only one may evaluate: each evaluation counts a
+    failure towards automatic rollback, so N evaluating workers would roll a site back
+    after a Nth of the configured consecutive failures. ``leader`` is that election;
+    ticks while another worker leads do nothing.
+
     Args:
         engine: the store's engine.
         ctx: the rollout context.
         site_ids: the sites to evaluate (the configured ones by default).
         interval: seconds between evaluations (``rollout.evaluation_interval``).
+        leader: evaluate only while this holds; None (one process) always evaluates.
     """
 
     def __init__(
-        self, engine: Any, ctx: RolloutContext, *, site_ids: Iterable[str] | None = None, interval: float | None = None
+        self, engine: Any, ctx: RolloutContext, *, site_ids: Iterable[str] | None = None, interval: float | None = None,
+        leader: Leadership | None = None,
     ) -> None:
         self._engine = engine
         self._ctx = ctx
@@ -431,6 +444,7 @@ class EvaluationJob:
         self._interval = interval if interval is not None else ctx.config.evaluation_interval
         if self._interval <= 0:
             raise ValueError("the evaluation interval must be more than 0 seconds")
+        self._leader = leader
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.runs = 0
@@ -449,6 +463,8 @@ class EvaluationJob:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
+            if self._leader is not None and not self._leader.holds():
+                continue  # another worker evaluates
             self.run_once()  # evaluate_all logs and keeps going past any one site's failure
 
     def stop(self, timeout: float = 30.0) -> None:

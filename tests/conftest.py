@@ -1,4 +1,5 @@
-"""Fixtures shared by every test package: the real-data folder and the built-in model."""
+"""Fixtures shared by every test package: the real-data folder, the built-in model, an RTSP
+server, and the databases (SQLite or PostgreSQL: see tests/db_backends.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -147,7 +149,22 @@ def rtsp_server() -> Iterator[Callable[..., RtspServer]]:
         server.stop()
 
 
-# -- database backend (SQLite by default, PostgreSQL with MONITOR_TEST_DATABASE=postgresql) ------
+# -- databases (see tests/db_backends.py) --------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With MONITOR_TEST_DATABASE=postgresql (scripts/test's second pass) run only the tests
+    that take their database from ``database_url``: the others either use none, or ran on
+    both backends already (``backend_url``, ``postgres_url``), or are about SQLite itself."""
+    from db_backends import runs_on_both_backends, selected_backend
+
+    if selected_backend() != "postgresql":
+        return
+    keep = [item for item in items if "database_url" in item.fixturenames and not runs_on_both_backends(item)]
+    if len(keep) < len(items):
+        kept = set(keep)
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
@@ -161,13 +178,38 @@ def postgres_schemas():
 
 
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL of an empty database on the backend under test (see tests/db_backends.py)."""
-    from db_backends import selected_backend, sqlite_url
+def postgres_admin(postgres_schemas) -> Engine:
+    """An engine on the test PostgreSQL's default schema (e.g. to terminate a session)."""
+    return postgres_schemas.admin()
 
-    if selected_backend() == "postgresql":
-        schemas = request.getfixturevalue("postgres_schemas")
-        url = schemas.create()
-        request.addfinalizer(lambda: schemas.drop(url))  # runs after the test's own fixtures closed
-        return url
-    return sqlite_url(tmp_path)
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of an empty database on the backend under test: SQLite, or PostgreSQL with
+    MONITOR_TEST_DATABASE=postgresql. The fixture for every test that needs a database."""
+    from db_backends import new_database, selected_backend
+
+    return new_database(request, selected_backend(), tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn, in the same run (the PostgreSQL pass leaves these tests out)."""
+    return request.param
+
+
+@pytest.fixture
+def backend_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> str:
+    """A URL of an empty database on each backend in turn, for the tests that must show
+    both in every run (the store, rollout and scale-out tests)."""
+    from db_backends import new_database
+
+    return new_database(request, backend, tmp_path)
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of an empty PostgreSQL database, for what needs a server many processes share."""
+    from db_backends import new_database
+
+    return new_database(request, "postgresql", tmp_path)

@@ -7,8 +7,6 @@ give one line and a sensible exit code, and one bad file does not stop the other
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,11 +14,7 @@ import yaml
 
 from db_backends import query
 from monitor.sources.synthetic import make_clip
-
-
-def monitor(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+from running_monitor import run_monitor
 
 
 @pytest.fixture
@@ -42,13 +36,13 @@ def clip(tmp_path_factory) -> Path:
 
 
 def queue_rows(workdir: Path) -> list[dict]:
-    listed = monitor("queue", "list", "-c", "monitor.yaml", "--json", "--limit", "1000", cwd=workdir)
+    listed = run_monitor("queue", "list", "-c", "monitor.yaml", "--json", "--limit", "1000", cwd=workdir)
     assert listed.returncode == 0, listed.stderr
     return [json.loads(line) for line in listed.stdout.splitlines()]
 
 
 def test_scan_fills_the_queue_with_a_row_and_a_snapshot_per_sample(workdir, clip):
-    scanned = monitor("scan", str(clip), "--every", "2s", "-c", "monitor.yaml", "--json", cwd=workdir)
+    scanned = run_monitor("scan", str(clip), "--every", "2s", "-c", "monitor.yaml", "--json", cwd=workdir)
     assert scanned.returncode == 0, scanned.stderr
     summary = json.loads(scanned.stdout)
     (source,) = summary["sources"]
@@ -67,7 +61,7 @@ def test_scan_fills_the_queue_with_a_row_and_a_snapshot_per_sample(workdir, clip
 
 
 def test_scan_summary_table_is_printed(workdir, clip):
-    scanned = monitor("scan", str(clip), "--every", "5s", "-c", "monitor.yaml", cwd=workdir)
+    scanned = run_monitor("scan", str(clip), "--every", "5s", "-c", "monitor.yaml", cwd=workdir)
     assert scanned.returncode == 0, scanned.stderr
     assert "scan summary" in scanned.stdout and "trail.mp4" in scanned.stdout
     assert "x real time" in scanned.stdout
@@ -75,7 +69,7 @@ def test_scan_summary_table_is_printed(workdir, clip):
 
 def test_scan_a_real_clip(workdir, data_dir):
     clip = data_dir / "videos" / "zamba_chimp.mp4"
-    scanned = monitor("scan", str(clip), "-c", "monitor.yaml", "--json", cwd=workdir)
+    scanned = run_monitor("scan", str(clip), "-c", "monitor.yaml", "--json", cwd=workdir)
     assert scanned.returncode == 0, scanned.stderr
     (source,) = json.loads(scanned.stdout)["sources"]
     assert source["samples"] >= 5 and source["error"] is None
@@ -85,7 +79,7 @@ def test_scan_a_real_clip(workdir, data_dir):
 def test_scan_goes_on_past_a_corrupt_file(workdir, clip):
     corrupt = workdir / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x01garbage" * 5000)
-    scanned = monitor("scan", str(corrupt), str(clip), "--every", "4s", "-c", "monitor.yaml", "--json", cwd=workdir)
+    scanned = run_monitor("scan", str(corrupt), str(clip), "--every", "4s", "-c", "monitor.yaml", "--json", cwd=workdir)
     assert scanned.returncode == 0, scanned.stderr
     bad, good = json.loads(scanned.stdout)["sources"]
     assert bad["samples"] == 0 and "corrupt.mp4" in bad["error"] and "\n" not in bad["error"]
@@ -103,7 +97,7 @@ def test_scan_goes_on_past_a_corrupt_file(workdir, clip):
 )
 def test_scan_bad_input_exit_codes(workdir, make_input, code, words):
     target = make_input(workdir)
-    scanned = monitor("scan", str(target), "-c", "monitor.yaml", "--json", cwd=workdir)
+    scanned = run_monitor("scan", str(target), "-c", "monitor.yaml", "--json", cwd=workdir)
     assert scanned.returncode == code, (scanned.stdout, scanned.stderr)
     assert "Traceback" not in scanned.stderr
     text = scanned.stdout + scanned.stderr
@@ -112,7 +106,7 @@ def test_scan_bad_input_exit_codes(workdir, make_input, code, words):
 
 
 def test_queue_list_filters_by_status(workdir, clip):
-    assert monitor("scan", str(clip), "--every", "10s", "-c", "monitor.yaml", cwd=workdir).returncode == 0
+    assert run_monitor("scan", str(clip), "--every", "10s", "-c", "monitor.yaml", cwd=workdir).returncode == 0
     assert len(queue_rows(workdir)) == 2
-    listed = monitor("queue", "list", "-c", "monitor.yaml", "--status", "approved", "--json", cwd=workdir)
+    listed = run_monitor("queue", "list", "-c", "monitor.yaml", "--status", "approved", "--json", cwd=workdir)
     assert listed.returncode == 0 and listed.stdout == ""

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from monitor.config import ConfigError, load_config, parse_duration
+from running_monitor import run_monitor
 
 GOOD = {
     "database": "sqlite:///data/monitor.db",
@@ -130,18 +129,13 @@ def test_credentials_never_in_config_errors(tmp_path, clip):
     assert "hunter2" not in str(caught.value)
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
-
-
 def test_check_config_command_exit_codes(tmp_path, clip):
-    good = run_cli("check-config", str(write(tmp_path, GOOD, clip)), cwd=tmp_path)
+    good = run_monitor("check-config", str(write(tmp_path, GOOD, clip)), cwd=tmp_path)
     assert good.returncode == 0, good.stderr
     assert "ok (1 site(s), 2 camera(s)" in good.stdout
     bad_path = tmp_path / "bad.yaml"
     bad_path.write_text(yaml.safe_dump(with_camera(every="5x")))
-    bad = run_cli("check-config", str(bad_path), cwd=tmp_path)
+    bad = run_monitor("check-config", str(bad_path), cwd=tmp_path)
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "every" in lines[0]

@@ -8,13 +8,8 @@ cleanly with everything sampled stored; credentials never leak.
 
 from __future__ import annotations
 
-import re
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,13 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from db_backends import dump_text, query
 from monitor.sources.synthetic import make_clip
+from running_monitor import RunningMonitor
 
 SECRET = "hunter2-secret"
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return response.read().decode()
 
 
 def sample_value(metrics: str, name: str, **labels: str) -> float | None:
@@ -38,49 +29,6 @@ def sample_value(metrics: str, name: str, **labels: str) -> float | None:
             if sample.name == name and sample.labels == labels:
                 return sample.value
     return None
-
-
-class RunningMonitor:
-    """A `monitor run` subprocess whose stderr is collected and whose metrics port is known."""
-
-    def __init__(self, args: list[str], cwd: Path) -> None:
-        self.log = cwd / "run.log"
-        self._log_file = self.log.open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "monitor.cli", *args], cwd=cwd,
-                                        stdout=self._log_file, stderr=subprocess.STDOUT)
-        self.port = self._wait_for_port()
-
-    def _wait_for_port(self, timeout: float = 120) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", self.log.read_text())
-            if found:
-                return int(found.group(1))
-            if self.process.poll() is not None:
-                raise AssertionError(f"monitor run exited early:\n{self.log.read_text()}")
-            time.sleep(0.2)
-        raise AssertionError(f"monitor run did not start:\n{self.log.read_text()}")
-
-    def wait_for(self, condition, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition(scrape(self.port)):
-                return True
-            time.sleep(0.25)
-        return False
-
-    def stop(self, timeout: float = 30) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self._log_file.close()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._log_file.close()
 
 
 def frames(metrics: str, camera: str) -> float:
@@ -118,7 +66,7 @@ def test_run_samples_live_and_file_cameras_survives_an_outage_and_stops_cleanly(
     try:
         assert monitor.wait_for(lambda m: frames(m, "gate") >= 3 and frames(m, "replay") >= 3, timeout=60), \
             monitor.log.read_text()
-        metrics = scrape(monitor.port)
+        metrics = monitor.scrape()
         assert sample_value(metrics, "monitor_source_up", site="park", camera="gate") == 1
         assert sample_value(metrics, "monitor_source_up", site="park", camera="dead") == 0
         assert SECRET not in metrics and "127.0.0.1:" + str(dead_port) not in metrics
@@ -127,20 +75,20 @@ def test_run_samples_live_and_file_cameras_survives_an_outage_and_stops_cleanly(
         server.stop()
         assert monitor.wait_for(
             lambda m: sample_value(m, "monitor_source_up", site="park", camera="gate") == 0, timeout=15)
-        replay_before = frames(scrape(monitor.port), "replay")
+        replay_before = frames(monitor.scrape(), "replay")
         time.sleep(3)
-        assert frames(scrape(monitor.port), "replay") >= replay_before + 2
+        assert frames(monitor.scrape(), "replay") >= replay_before + 2
 
         # ... and comes back: sampling resumes within 10 s.
-        gate_before = frames(scrape(monitor.port), "gate")
+        gate_before = frames(monitor.scrape(), "gate")
         server.start()
         back = time.monotonic()
         assert monitor.wait_for(lambda m: frames(m, "gate") > gate_before, timeout=10)
         assert time.monotonic() - back <= 10
-        reconnects = sample_value(scrape(monitor.port), "monitor_source_reconnects_total", site="park", camera="gate")
+        reconnects = sample_value(monitor.scrape(), "monitor_source_reconnects_total", site="park", camera="gate")
         assert reconnects and reconnects >= 1
 
-        sampled = frames(scrape(monitor.port), "gate") + frames(scrape(monitor.port), "replay")
+        sampled = frames(monitor.scrape(), "gate") + frames(monitor.scrape(), "replay")
         assert monitor.stop() == 0
     finally:
         monitor.kill()

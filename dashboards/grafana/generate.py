@@ -8,6 +8,11 @@ a real Prometheus scraping a real `monitor run`.
 
 Each dashboard picks its Prometheus through a ``datasource`` variable (so it imports
 into Grafana 10+ without editing) and its sites through a ``site`` variable.
+
+Every query aggregates over the workers that export a series (each `monitor run
+--worker NAME` serves its own /metrics with a ``worker`` label): per-process counters
+are summed; gauges every worker reads from the shared database (review queue, outbox,
+drift numbers, stages) are max'ed first, so N workers do not count them N times.
 """
 
 from __future__ import annotations
@@ -95,8 +100,9 @@ def overview() -> dict[str, Any]:
                kind="stat", width=8, description="1 while the camera delivers frames"),
         _panel("Age of the last frame", [(f"site_camera:monitor_last_frame_age_seconds:min{{{SITE}}}",
                                           "{{site}} / {{camera}}")], unit="s", width=8),
-        _panel("Open drift flags", [(f"sum by (site) (monitor_drift_flag{{{SITE}}})", "{{site}}")],
-               kind="stat", width=8),
+        # max first: during a hand-over of the drift job two workers may report the same flag.
+        _panel("Open drift flags", [(f"sum by (site) (max by (site, camera, kind) (monitor_drift_flag{{{SITE}}}))",
+                                     "{{site}}")], kind="stat", width=8),
         _panel("Stills sampled per second", [(f"site_camera:monitor_frames_sampled:rate5m{{{SITE}}}",
                                               "{{site}} / {{camera}}")], unit="ops"),
         _panel("Stills failed and dropped per second", [
@@ -121,6 +127,15 @@ def overview() -> dict[str, Any]:
         _panel("Reconnects per hour", [
             (f"3600 * sum by (site, camera) (rate(monitor_source_reconnects_total{{{SITE}}}[1h]))",
              "{{site}} / {{camera}}")]),
+        _panel("Notifications per minute by target", [
+            ("60 * target:monitor_notifications_delivered:rate5m", "delivered {{target}}"),
+            ("60 * target:monitor_notification_failures:rate5m", "failed tries {{target}}"),
+        ], description="per-process counters, summed over workers"),
+        _panel("Alerts waiting for delivery, and dead", [
+            ("target:monitor_outbox_pending:max", "waiting {{target}}"),
+            ("target:monitor_outbox_dead:max", "dead {{target}}"),
+        ], description="read from the database by every worker (max, not sum); dead alerts wait for "
+                       "`monitor notify retry` or `discard`"),
     ])
 
 

@@ -15,9 +15,12 @@ Responsible for the shape of:
 * :class:`Alert` (``alerts``) and :class:`OutboxEntry` (``outbox``): the transactional
   outbox. An alert and one outbox entry per notification target are inserted in the
   same transaction as the still's review rows; a dispatcher delivers the entries later
-  and marks them delivered. The alert's ``key`` is the idempotency key receivers
-  deduplicate by; it is derived from the still (camera, capture time, origin), so it
-  is stable, and unique like the still itself.
+  and marks them delivered, or dead when the retry policy gives up on one (an operator
+  requeues or discards dead entries). The alert's ``key`` is the idempotency key
+  receivers deduplicate by; it is derived from the still (camera, capture time,
+  origin), so it is stable, and unique like the still itself.
+* :class:`JobLease` (``job_leases``): which worker runs a job that must run in one
+  process only (the drift detector, the rollout gate evaluation), with a fencing token like a camera lease's.
 
 Kept apart from :mod:`monitor.store.tables` because these are about running many
 processes, not about the review data; they register on the same ``SQLModel.metadata``.
@@ -39,10 +42,18 @@ KEY_LENGTH = 36  # a UUID in its text form
 
 
 class OutboxStatus(str, enum.Enum):
-    """Where an outbox entry stands; entries are never deleted by the dispatcher."""
+    """Where an outbox entry stands; entries are never deleted by the dispatcher.
+
+    ``pending`` entries are delivered in order per (target, camera). ``dead`` ones were
+    given up on by the retry policy: they no longer hold up the camera's later alerts,
+    and stay until an operator requeues them (back to pending) or discards them.
+    Only ``delivered`` and ``discarded`` entries are ever pruned.
+    """
 
     PENDING = "pending"
     DELIVERED = "delivered"
+    DEAD = "dead"
+    DISCARDED = "discarded"
 
 
 class WorkerRow(SQLModel, table=True):
@@ -94,6 +105,8 @@ class Alert(SQLModel, table=True):
     __tablename__ = "alerts"
     __table_args__ = (
         UniqueConstraint("key", name="ux_alerts_key"),
+        # Pruning samples keeps the rows of stills that still have an alert.
+        Index("ix_alerts_camera_captured", "camera_id", "captured_at"),
         {"sqlite_autoincrement": True},
     )
 
@@ -137,3 +150,22 @@ class OutboxEntry(SQLModel, table=True):
     last_error: str | None = Field(None, description="why the last attempt failed, one line")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     delivered_at: datetime | None = Field(None, sa_type=UTCDateTime)
+    dead_at: datetime | None = Field(None, sa_type=UTCDateTime, description="when it went dead (or was discarded)")
+    requeued_at: datetime | None = Field(
+        None, sa_type=UTCDateTime, description="when an operator last requeued it; its age counts from here"
+    )
+
+
+class JobLease(SQLModel, table=True):
+    """Which worker runs a job that must run once across all workers; free when expired."""
+
+    __tablename__ = "job_leases"
+
+    name: str = Field(primary_key=True, max_length=ID_LENGTH, description="the job, e.g. drift")
+    owner: str | None = Field(None, max_length=ID_LENGTH, description="the worker running it")
+    token: int = Field(
+        0, ge=0, sa_column_kwargs={"server_default": text("0")},
+        description="fencing token: bumped by every claim, checked before the job writes",
+    )
+    expires_at: datetime | None = Field(None, sa_type=UTCDateTime)
+    acquired_at: datetime | None = Field(None, sa_type=UTCDateTime)

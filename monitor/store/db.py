@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
 from monitor.redact import redact_text
@@ -197,22 +197,37 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         A SQLModel session.
 
     Raises:
-        StoreError: the database went away or is locked (an ``OperationalError``);
-            other exceptions raised in the block pass through unchanged.
+        StoreError: the database went away, is locked or refused (see
+            :func:`database_failed`); other exceptions raised in the block pass
+            through unchanged.
     """
     session = Session(engine, expire_on_commit=False)
     try:
         yield session
         session.commit()
-    except OperationalError as exc:
+    except BaseException as exc:
         _rollback_quietly(session)
+        if not database_failed(exc):
+            raise
         log.debug("database operation failed", exc_info=True)
         raise StoreError(f"database {safe_url(engine.url)} failed: {one_line(exc)}") from exc
-    except BaseException:
-        _rollback_quietly(session)
-        raise
     finally:
         session.close()
+
+
+# SQLSTATEs of failures of the database itself, not of a statement, that PostgreSQL
+# reports as a ProgrammingError or InternalError where SQLite says OperationalError:
+# a missing table, column or schema (another release's database, or one dropped under
+# us), no permission, a read-only server.
+_POSTGRES_DATABASE_FAILURES = frozenset({"42P01", "42703", "3F000", "42501", "25006"})
+
+
+def database_failed(exc: BaseException) -> bool:
+    """Whether an exception means the database cannot be used as it is (it went away, is
+    locked, refused, or lacks a table), the same on SQLite and PostgreSQL."""
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _POSTGRES_DATABASE_FAILURES
 
 
 def _rollback_quietly(session: Session) -> None:

@@ -5,8 +5,16 @@ and one outbox entry per target of its site to the caller's session without comm
 so they commit (or roll back) with the review rows of the same still. The dispatcher
 (:mod:`monitor.notify`) asks :func:`due_heads` for the oldest pending entry of each
 (target, camera) whose retry time has come, delivers it, and records the result with
-:func:`mark_delivered` or :func:`mark_failed`. Only the oldest pending entry of a
-camera is ever handed out, which is what keeps delivery in order per camera.
+:func:`mark_delivered`, :func:`mark_failed` or, when the retry policy gives up,
+:func:`mark_dead`. Only the oldest pending entry of a camera is ever handed out, which
+is what keeps delivery in order per camera; a dead entry is no longer pending, so the
+camera's next entry becomes its head.
+
+Dead entries wait for an operator (`monitor notify`): :func:`dead_entries` lists them,
+:func:`requeue_dead` makes them pending again (same ids, so still in order per camera
+among themselves, and the same payload and idempotency key), :func:`discard_dead`
+gives up on them for good. :func:`prune_finished` deletes old delivered and discarded
+entries and the alerts left without any entry; pending and dead ones are never deleted.
 
 Every function takes the session as a keyword and never commits, except where noted.
 """
@@ -15,10 +23,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from sqlalchemy import func, update
+from sqlalchemy import and_, delete, exists, func, not_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
@@ -196,11 +205,180 @@ def mark_failed(entry_id: int, *, session: Session, error: str, retry_at: dateti
     )
 
 
+def mark_dead(entry_id: int, *, session: Session, error: str, now: datetime) -> bool:
+    """Give up on a pending entry after a failed attempt (no commit); the camera's next entry goes on.
+
+    Returns:
+        False when the entry was no longer pending.
+    """
+    result = session.execute(
+        update(OutboxEntry)
+        .where(col(OutboxEntry.id) == entry_id, col(OutboxEntry.status) == OutboxStatus.PENDING.value)
+        .values(status=OutboxStatus.DEAD.value, attempts=OutboxEntry.attempts + 1, dead_at=now,
+                last_error=error[:MAX_ERROR_CHARS])
+    )
+    return result.rowcount == 1
+
+
+def entry_age_from(entry: OutboxEntry) -> datetime:
+    """Where an entry's age (for ``notify.retry.max_age``) starts: its last requeue, else its creation."""
+    return entry.requeued_at or entry.created_at
+
+
 def pending_by_target(*, session: Session) -> dict[str, int]:
     """How many entries wait for delivery, per target."""
+    return {target: count for (target, status), count in status_counts(session=session).items()
+            if status == OutboxStatus.PENDING.value}
+
+
+def status_counts(
+    *, session: Session, statuses: Collection[str] = (OutboxStatus.PENDING.value, OutboxStatus.DEAD.value)
+) -> dict[tuple[str, str], int]:
+    """(target, status) -> how many entries, for the given statuses (default: pending and dead)."""
     statement = (
-        select(OutboxEntry.target, func.count())
-        .where(col(OutboxEntry.status) == OutboxStatus.PENDING.value)
-        .group_by(OutboxEntry.target)
+        select(OutboxEntry.target, OutboxEntry.status, func.count())
+        .where(col(OutboxEntry.status).in_(list(statuses)))
+        .group_by(OutboxEntry.target, OutboxEntry.status)
     )
-    return {target: int(count) for target, count in session.exec(statement).all()}
+    return {(target, status): int(count) for target, status, count in session.exec(statement).all()}
+
+
+def _dead_selection(target: str | None, camera: str | None, ids: Collection[int] | None) -> list[Any]:
+    conditions: list[Any] = [col(OutboxEntry.status) == OutboxStatus.DEAD.value]
+    if target is not None:
+        conditions.append(col(OutboxEntry.target) == target)
+    if camera is not None:
+        conditions.append(col(OutboxEntry.camera_id) == camera)
+    if ids is not None:
+        conditions.append(col(OutboxEntry.id).in_(list(ids)))
+    return conditions
+
+
+def dead_entries(
+    *, session: Session, target: str | None = None, camera: str | None = None, limit: int | None = None
+) -> list[OutboxEntry]:
+    """Dead entries, oldest first.
+
+    Args:
+        session: an open session.
+        target: only this target.
+        camera: only this camera.
+        limit: at most this many.
+    """
+    statement = select(OutboxEntry).where(*_dead_selection(target, camera, None)).order_by(col(OutboxEntry.id))
+    if limit is not None:
+        statement = statement.limit(limit)
+    return list(session.exec(statement).all())
+
+
+def requeue_dead(
+    *, session: Session, target: str, now: datetime, camera: str | None = None, ids: Collection[int] | None = None
+) -> int:
+    """Make dead entries of a target pending again, due now (no commit).
+
+    They keep their ids, so the dispatcher delivers each camera's requeued entries in
+    their original order (after any of the camera's pending entries with smaller ids),
+    and their payload, so receivers see the same idempotency key. Attempts start again
+    from zero and their age (for ``max_age``) from now; the last error is kept until a
+    delivery succeeds. One UPDATE: the dispatcher sees all of them at once or none.
+
+    Args:
+        session: an open session.
+        target: the target whose dead entries are requeued.
+        now: when they become due.
+        camera: only this camera's.
+        ids: only these entries.
+
+    Returns:
+        How many were requeued.
+    """
+    result = session.execute(
+        update(OutboxEntry).where(*_dead_selection(target, camera, ids))
+        .values(status=OutboxStatus.PENDING.value, attempts=0, next_attempt_at=now, requeued_at=now, dead_at=None)
+    )
+    return int(result.rowcount)
+
+
+def discard_dead(
+    *, session: Session, target: str, now: datetime, camera: str | None = None, ids: Collection[int] | None = None
+) -> int:
+    """Give up on dead entries of a target for good (no commit): they become ``discarded``.
+
+    Discarded entries are never delivered; they are kept (with their error) until a
+    prune removes them like delivered ones.
+
+    Returns:
+        How many were discarded.
+    """
+    result = session.execute(
+        update(OutboxEntry).where(*_dead_selection(target, camera, ids))
+        .values(status=OutboxStatus.DISCARDED.value, dead_at=now)
+    )
+    return int(result.rowcount)
+
+
+@dataclass
+class PrunedOutbox:
+    """What :func:`prune_finished` deleted (or, on a dry run, would delete)."""
+
+    entries: int = 0
+    alerts: int = 0
+
+
+FINISHED = (OutboxStatus.DELIVERED.value, OutboxStatus.DISCARDED.value)
+
+
+def _finished_before(cutoff: datetime) -> Any:
+    finished_at = func.coalesce(col(OutboxEntry.delivered_at), col(OutboxEntry.dead_at), col(OutboxEntry.created_at))
+    return and_(col(OutboxEntry.status).in_(FINISHED), col(OutboxEntry.created_at) < cutoff, finished_at < cutoff)
+
+
+def _alert_without_entries(cutoff: datetime) -> Any:
+    has_entry = exists().where(col(OutboxEntry.alert_id) == col(Alert.id))
+    return and_(col(Alert.created_at) < cutoff, not_(has_entry))
+
+
+def alerts_pruned_by(cutoff: datetime) -> Any:
+    """The condition on :class:`Alert` true for the alerts :func:`prune_finished` at ``cutoff``
+    deletes: older than the cutoff, with every entry (if any) finished before it."""
+    unfinished = exists().where(col(OutboxEntry.alert_id) == col(Alert.id), not_(_finished_before(cutoff)))
+    return and_(col(Alert.created_at) < cutoff, not_(unfinished))
+
+
+def prune_finished(*, session: Session, cutoff: datetime, batch: int = 500, dry_run: bool = False) -> PrunedOutbox:
+    """Delete delivered and discarded entries finished before ``cutoff``, then alerts left without entries.
+
+    Pending and dead entries are never deleted, and neither is their alert. Commits
+    after each batch (keyset on id, so each batch makes progress); each DELETE checks
+    the status again, so an entry requeued meanwhile is kept.
+
+    Args:
+        session: an open session; committed per batch.
+        cutoff: entries created and finished (delivered, discarded) before this go.
+        batch: rows per transaction.
+        dry_run: only count.
+
+    Returns:
+        How many entries and alerts were deleted.
+    """
+    report = PrunedOutbox()
+    entries, alerts = _finished_before(cutoff), _alert_without_entries(cutoff)
+    if dry_run:
+        report.entries = int(session.exec(select(func.count()).select_from(OutboxEntry).where(entries)).one())
+        report.alerts = int(session.exec(select(func.count()).select_from(Alert).where(alerts_pruned_by(cutoff))).one())
+        return report
+    for table, condition in ((OutboxEntry, entries), (Alert, alerts)):
+        last = 0
+        while True:
+            ids = list(session.exec(select(table.id).where(condition, col(table.id) > last)
+                                    .order_by(col(table.id)).limit(batch)).all())
+            if not ids:
+                break
+            last = int(ids[-1])
+            deleted = session.execute(delete(table).where(col(table.id).in_(ids), condition)).rowcount
+            session.commit()
+            if table is OutboxEntry:
+                report.entries += int(deleted)
+            else:
+                report.alerts += int(deleted)
+    return report

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +9,6 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SIZE = 128
-
-
-def run_monitor(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-                timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the `monitor` CLI as a user would, in a fresh process."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
 
 
 def make_image(path: Path, colour: tuple[int, int, int], seed: int, size: tuple[int, int] = (96, 72)) -> Path:

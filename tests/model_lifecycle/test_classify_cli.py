@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from lifecycle_helpers import make_image, run_monitor
+from lifecycle_helpers import make_image
+from running_monitor import run_monitor
 
 from monitor.model import load_model
 from monitor.model.builtin import MODEL_REF

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lifecycle_helpers import run_monitor
+from running_monitor import run_monitor
 
 from monitor.model import load_model
 from monitor.model.bundle import read_bundle

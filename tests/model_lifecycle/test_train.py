@@ -22,7 +22,8 @@ from monitor.model.interpret import classification_metrics
 from monitor.model.preprocess import SQUASH_POLICY
 from monitor.model.train import REPORT_FILES, TrainOptions, build_learner, resolve_architecture
 from monitor.model.verify import list_image_files
-from lifecycle_helpers import TINY_SIZE, make_image, run_monitor
+from lifecycle_helpers import TINY_SIZE, make_image
+from running_monitor import run_monitor
 
 BEAR_LABELS = ["black", "grizzly", "none", "panda", "polar", "sloth", "teddy"]
 

@@ -1,17 +1,15 @@
-"""Helpers for the observability tests: a `monitor run` subprocess, a real Prometheus, a
-clip made from real photos, and the history a site's database is given before a run."""
+"""Helpers for the observability tests: a real Prometheus, a clip made from real photos,
+and the history a site's database is given before a run (`monitor run` itself:
+tests/running_monitor.py)."""
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
+import urllib.error
 import urllib.parse
-import urllib.request
 from datetime import datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
@@ -21,56 +19,14 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from running_monitor import http_get
+
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"
 RULES = REPO / "dashboards" / "prometheus" / "rules.yml"
 ALERTS = REPO / "dashboards" / "prometheus" / "alerts.yml"
 GRAFANA = REPO / "dashboards" / "grafana"
-
-
-def http_get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read()
-
-
-class RunningMonitor:
-    """A `monitor run` subprocess; its log is kept and its metrics port read from it."""
-
-    def __init__(self, args: list[str], cwd: Path, timeout: float = 180) -> None:
-        self.log = cwd / "run.log"
-        self._log_file = self.log.open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "monitor.cli", *args], cwd=cwd,
-                                        stdout=self._log_file, stderr=subprocess.STDOUT)
-        self.port = self._wait_for_port(timeout)
-
-    def _wait_for_port(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", self.log.read_text())
-            if found:
-                return int(found.group(1))
-            if self.process.poll() is not None:
-                raise AssertionError(f"monitor run exited early:\n{self.log.read_text()}")
-            time.sleep(0.2)
-        raise AssertionError(f"monitor run did not start:\n{self.log.read_text()}")
-
-    def scrape(self) -> str:
-        return http_get(f"http://127.0.0.1:{self.port}/metrics").decode()
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self._log_file.close()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._log_file.close()
 
 
 class Prometheus:

@@ -30,7 +30,7 @@ from monitor.store.observe import Counts, drift_flag_provider, open_flags, scope
 from monitor.store.tables import CameraHour, ConfidenceHour, DriftFlag, LabelHour, utc_hour
 from rollout.gates import Positivity, Verdict
 from rollout.promote import RolloutContext, gate_report, promote
-from rollout.stats import chi2_sf
+from monitor.stats import chi2_sf
 from rollout.store import init_rollout_schema, stage_periods
 from rollout.stages import Stage
 

@@ -7,7 +7,8 @@ full stage) and out-of-domain stills, plus a camera that is down. Before the run
 site's database is given a history, as weeks of operation would have left it: a
 manual-stage baseline, a last day with the clip camera's alert rate six times higher
 and the dead camera's at zero, and a review queue with an old pending item and a poor
-reviewed precision. So every alert has something to fire on, and each is checked to.
+reviewed precision. The site's alerts go to a webhook nobody answers, so they become
+dead letters. So every alert has something to fire on, and each is checked to.
 """
 
 from __future__ import annotations
@@ -38,15 +39,14 @@ from observability_helpers import (
     GRAFANA,
     RULES,
     Prometheus,
-    RunningMonitor,
     cover,
     have_prometheus,
     hours_back,
-    http_get,
     make_slideshow,
 )
 from rollout.promote import RolloutContext, promote
 from rollout.store import init_rollout_schema
+from running_monitor import RunningMonitor, http_get
 
 pytestmark = pytest.mark.skipif(bool(have_prometheus()), reason=have_prometheus() or "")
 
@@ -61,6 +61,7 @@ EXPECTED_ALERTS = {
     "MonitorOutOfDomainSurge": {"camera": "slides"},
     "MonitorReviewBacklog": {"site": "park"},
     "MonitorReviewedPrecisionDrop": {"site": "park"},
+    "MonitorNotificationsDead": {"target": "pager"},
 }
 
 
@@ -155,17 +156,23 @@ def _rules() -> list[dict]:
 
 
 @pytest.mark.slow
-def test_every_panel_and_rule_returns_data_from_a_real_prometheus(tmp_path, data_dir, model_cache, free_port):
+def test_every_panel_and_rule_returns_data_from_a_real_prometheus(
+    tmp_path, data_dir, model_cache, free_port, database_url
+):
     clip = make_slideshow(tmp_path / "slides.mp4", _slides(data_dir, model_cache), seconds_each=2.0, cycles=2)
     config_data = {
-        "database": f"sqlite:///{tmp_path / 'data' / 'monitor.db'}",
+        "database": database_url,
         "snapshots": str(tmp_path / "data" / "snapshots"),
         "model_cache": str(model_cache),
         "metrics": {"port": 0},
         "pipeline": {"batch_wait": "20ms"},
         "drift": {"interval": "2s", "windows": ["1h", "1d"], "min_predictions": 8, "min_baseline_alerts": 5,
                   "min_expected_alerts": 2, "episode_gap": "1s", "metrics_cache": "1s"},
-        "sites": [{"id": "park", "cameras": [
+        # A pager nobody answers: its alerts go dead after two tries (dead letters).
+        "notify": {"targets": {"pager": {"kind": "webhook", "url": f"http://127.0.0.1:{free_port()}/hook",
+                                         "secret": "e2e-secret", "timeout": "1s"}},
+                   "retry": {"initial": "200ms", "max": "1s", "poll": "200ms", "max_attempts": 2}},
+        "sites": [{"id": "park", "notify": ["pager"], "cameras": [
             {"id": "slides", "path": str(clip), "every": "1s", "loop": True},
             {"id": "dead", "url": f"rtsp://127.0.0.1:{free_port()}/none", "every": "1s", "open_timeout": "1s"},
         ]}],

@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor.app import LiveMonitor, build_core
 from monitor.config import MonitorConfig
 from monitor.sources.synthetic import make_clip
-from observability_helpers import ALERTS, GRAFANA, PROMTOOL, REPO, RULES, have_prometheus, http_get
+from observability_helpers import ALERTS, GRAFANA, PROMTOOL, REPO, RULES, have_prometheus
+from running_monitor import http_get
 
 needs_promtool = pytest.mark.skipif(bool(have_prometheus()), reason=have_prometheus() or "")
 ALLOWED_LABELS = {"site", "camera", "label", "stage", "reason", "outcome", "kind", "window", "le", "worker", "target"}
@@ -59,13 +60,90 @@ def test_promtool_unit_tests_catch_a_broken_rule(tmp_path):
     assert result.returncode != 0 and "MonitorOutOfDomainSurge" in result.stdout + result.stderr
 
 
+@needs_promtool
+@pytest.mark.parametrize(("rule_file", "right", "wrong", "caught"), [
+    ("alerts.yml", "max by (target) (monitor_outbox_dead) > 0", "sum by (target) (monitor_outbox_dead) > 0",
+     "MonitorNotificationsDead"),
+    ("rules.yml", "max by (target) (monitor_outbox_pending)", "sum by (target) (monitor_outbox_pending)",
+     "target:monitor_outbox_pending:max"),
+    ("rules.yml", "max by (site) (monitor_review_items_pending)", "sum by (site) (monitor_review_items_pending)",
+     "site:monitor_review_items_pending:max"),
+    ("rules.yml", "max by (site, outcome) (increase(monitor_review_decisions_total[1h]))",
+     "sum by (site, outcome) (increase(monitor_review_decisions_total[1h]))", "monitor_review_decisions"),
+    ("rules.yml", "sum by (target) (rate(monitor_notifications_delivered_total[5m]))",
+     "max by (target) (rate(monitor_notifications_delivered_total[5m]))", "monitor_notifications_delivered"),
+])
+def test_promtool_unit_tests_catch_a_wrong_aggregation_over_workers(tmp_path, rule_file, right, wrong, caught):
+    """With two workers, summing what both read from the database (or not summing what each
+    counts) gives numbers the two-worker unit tests reject."""
+    broken = tmp_path / "prometheus"
+    (broken / "tests").mkdir(parents=True)
+    for path in (RULES, ALERTS):
+        text = path.read_text()
+        if path.name == rule_file:
+            assert right in text
+            text = text.replace(right, wrong)
+        (broken / path.name).write_text(text)
+    for test in (REPO / "dashboards" / "prometheus" / "tests").glob("*.yml"):
+        (broken / "tests" / test.name).write_text(test.read_text())
+    result = subprocess.run([PROMTOOL, "test", "rules", "tests/alerts_test.yml", "tests/recording_test.yml"],
+                            cwd=broken, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and caught in result.stdout + result.stderr
+
+
+# Numbers every worker reads from the shared database and reports identically, and the
+# counters each process keeps for itself (see dashboards/prometheus/rules.yml).
+SHARED_GAUGES = (
+    "monitor_review_items_pending", "monitor_review_oldest_pending_age_seconds", "monitor_reviewed_precision",
+    "monitor_reviewed_positives", "monitor_review_decisions_total", "monitor_outbox_pending", "monitor_outbox_dead",
+    "monitor_drift_flag", "monitor_drift_rate_ratio", "monitor_drift_baseline_alert_rate",
+    "monitor_drift_confidence_psi", "monitor_drift_class_mix_distance", "monitor_drift_ood_ratio",
+    "monitor_drift_last_run_timestamp_seconds", "monitor_site_stage",
+)
+PER_PROCESS_COUNTERS = (
+    "monitor_frames_sampled_total", "monitor_frames_failed_total", "monitor_samples_dropped_total",
+    "monitor_predictions_total", "monitor_review_items_queued_total", "monitor_alerts_total",
+    "monitor_alert_episodes_total", "monitor_out_of_domain_frames_total", "monitor_source_reconnects_total",
+    "monitor_notifications_delivered_total", "monitor_notification_failures_total",
+    "monitor_notifications_dead_total", "monitor_drift_evaluations_total", "monitor_inference_seconds_bucket",
+    "monitor_inference_batch_size_sum", "monitor_inference_batch_size_count", "monitor_decode_seconds_bucket",
+)
+
+
+def _every_expression() -> list[tuple[str, str]]:
+    found = []
+    for path in sorted(GRAFANA.glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            found += [(f"{path.name}: {panel['title']}", target["expr"]) for target in panel["targets"]]
+    for path in (RULES, ALERTS):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            found += [(f"{path.name}: {r.get('record') or r['alert']}", r["expr"]) for r in group["rules"]]
+    return found
+
+
+def test_every_query_aggregates_over_workers_the_right_way():
+    """Each raw series is aggregated right where it is used: database numbers by max/min
+    (N workers report them N times), per-process counters by sum (after rate/increase)."""
+    aggregation = r"(?:max|min|sum)\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(\s*(?:(?:rate|increase)\()?\s*$"
+    wrong = []
+    for name, expr in _every_expression():
+        for metric in (*SHARED_GAUGES, *PER_PROCESS_COUNTERS):
+            for match in re.finditer(rf"(?<![\w:]){metric}(?![\w:])", expr):
+                outer = re.search(aggregation, expr[: match.start()])
+                expected = ("sum",) if metric in PER_PROCESS_COUNTERS else ("max", "min")
+                if outer is None or not outer.group(0).startswith(expected):
+                    wrong.append(f"{name}: {metric} in {expr!r}")
+    assert not wrong, "\n".join(wrong)
+    assert len(_every_expression()) > 40
+
+
 @pytest.fixture
-def scrape(tmp_path, model_cache, free_port) -> str:
+def scrape(tmp_path, model_cache, free_port, database_url) -> str:
     """/metrics of a running monitor (in this process): a replayed clip, a dead camera,
     the drift detector and the review metrics."""
     clip = make_clip(tmp_path / "clip.mp4", seconds=20, fps=10, width=320, height=180)
     config = MonitorConfig(
-        database=f"sqlite:///{tmp_path / 'monitor.db'}", snapshots=tmp_path / "snapshots", model_cache=model_cache,
+        database=database_url, snapshots=tmp_path / "snapshots", model_cache=model_cache,
         metrics={"port": 0}, pipeline={"batch_wait": "20ms"},
         rollout={"routing": {"manual": {"negative_sample_rate": 1.0}}},
         drift={"interval": "1s", "metrics_cache": "1s"},

@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def config_file(tmp_path, monitor_config) -> Path:
+def config_file(tmp_path, monitor_config, database_url) -> Path:
     data = monitor_config.model_dump(mode="json", exclude_none=True)
-    data["database"] = f"sqlite:///{tmp_path / 'data' / 'monitor.db'}"
+    data["database"] = database_url
     path = tmp_path / "monitor.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitor.store import StoreError, create_engine_for, session_scope, sync_sites_and_cameras
+from monitor.store import StoreError, session_scope, sync_sites_and_cameras
 from monitor.types import Prediction, QueueReason, Route
 from rollout.config import RoutingConfig
 from rollout.policy import ManualPolicy, PolicyRefresher, StagePolicy, StageSnapshot, load_snapshot
@@ -250,15 +250,15 @@ def test_refresh_reads_stages_and_windows(synced, make_ctx, clock):
     assert not policy.route(site_id="north", camera_id="cam-n1", prediction=grizzly, positive=True).alert
 
 
-def test_refresher_keeps_the_last_snapshot_when_the_database_fails(tmp_path, sqlite_engine, make_ctx, clock):
-    with session_scope(sqlite_engine) as s:
+def test_refresher_keeps_the_last_snapshot_when_the_database_fails(tmp_path, selected_engine, make_ctx, clock):
+    with session_scope(selected_engine) as s:
         promote("north", session=s, ctx=make_ctx(), actor="t", force=True, reason="pilot")
     policy = StagePolicy(clock=clock)
-    refresher = PolicyRefresher(policy, sqlite_engine, interval=0.05)
+    refresher = PolicyRefresher(policy, selected_engine, interval=0.05)
     refresher.start()
     try:
         assert policy.stage_of("north") is Stage.LIMITED
-        with sqlite_engine.begin() as connection:
+        with selected_engine.begin() as connection:
             connection.exec_driver_sql("DROP TABLE rollout_site_stages")
         deadline = time.monotonic() + 5
         while refresher.failures == 0 and time.monotonic() < deadline:
@@ -269,58 +269,50 @@ def test_refresher_keeps_the_last_snapshot_when_the_database_fails(tmp_path, sql
         refresher.stop()
     assert not refresher.alive
     with pytest.raises(StoreError):
-        policy.refresh(sqlite_engine)
+        policy.refresh(selected_engine)
 
 
-def test_refresh_interval_is_at_most_five_seconds(sqlite_engine):
+def test_refresh_interval_is_at_most_five_seconds(selected_engine):
     with pytest.raises(ValueError, match="at most 5"):
-        PolicyRefresher(StagePolicy(), sqlite_engine, interval=6)
+        PolicyRefresher(StagePolicy(), selected_engine, interval=6)
 
 
-def test_load_snapshot_skips_a_window_row_that_no_longer_parses(sqlite_engine, make_ctx, clock):
-    with session_scope(sqlite_engine) as s:
+def test_load_snapshot_skips_a_window_row_that_no_longer_parses(selected_engine, make_ctx, clock):
+    with session_scope(selected_engine) as s:
         add_window("north", session=s, ctx=make_ctx(), actor="t", cron="0 * * * *", until=at(0, day=30))
-    with sqlite_engine.begin() as connection:
+    with selected_engine.begin() as connection:
         connection.exec_driver_sql("UPDATE rollout_windows SET cron = 'broken'")
-    with session_scope(sqlite_engine) as s:
+    with session_scope(selected_engine) as s:
         snapshot = load_snapshot(session=s, now=clock())
     assert "north" not in snapshot.windows
 
 
 @pytest.mark.slow
-def test_a_promotion_from_another_process_reaches_a_running_policy_within_ten_seconds(tmp_path, monitor_config):
+def test_a_promotion_from_another_process_reaches_a_running_policy_within_ten_seconds(
+    tmp_path, monitor_config, database_url, selected_engine
+):
     """`rollout promote` in its own process; the refresher of a running policy sees it."""
-    database = tmp_path / "monitor.db"
     config_file = tmp_path / "monitor.yaml"
     data = monitor_config.model_dump(mode="json", exclude_none=True)
-    data["database"] = f"sqlite:///{database}"
+    data["database"] = database_url  # the database of selected_engine
     config_file.write_text(yaml.safe_dump(data))
-    engine = create_engine_for(f"sqlite:///{database}")
+    with session_scope(selected_engine) as s:
+        sync_sites_and_cameras(monitor_config, session=s)
+    policy = StagePolicy(rng=FixedRng(NEVER))
+    refresher = PolicyRefresher(policy, selected_engine, interval=2.0)  # the default refresh_interval
+    refresher.start()
     try:
-        from monitor.store import init_schema
-        from rollout.store import init_rollout_schema
-
-        init_schema(engine)
-        init_rollout_schema(engine)
-        with session_scope(engine) as s:
-            sync_sites_and_cameras(monitor_config, session=s)
-        policy = StagePolicy(rng=FixedRng(NEVER))
-        refresher = PolicyRefresher(policy, engine, interval=2.0)  # the default refresh_interval
-        refresher.start()
-        try:
-            assert policy.stage_of("north") is Stage.MANUAL
-            command = [sys.executable, "-m", "rollout.cli", "promote", "north", "-c", str(config_file),
-                       "--force", "--reason", "pilot starts", "--by", "ranger"]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                                  env={**os.environ, "PYTHONPATH": str(REPO)})
-            assert done.returncode == 0, done.stderr
-            changed = time.monotonic()
-            while policy.stage_of("north") is not Stage.LIMITED and time.monotonic() - changed < 10:
-                time.sleep(0.05)
-            seen_after = time.monotonic() - changed
-        finally:
-            refresher.stop()
+        assert policy.stage_of("north") is Stage.MANUAL
+        command = [sys.executable, "-m", "rollout.cli", "promote", "north", "-c", str(config_file),
+                   "--force", "--reason", "pilot starts", "--by", "ranger"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr
+        changed = time.monotonic()
+        while policy.stage_of("north") is not Stage.LIMITED and time.monotonic() - changed < 10:
+            time.sleep(0.05)
+        seen_after = time.monotonic() - changed
     finally:
-        engine.dispose()
+        refresher.stop()
     assert policy.stage_of("north") is Stage.LIMITED
     assert seen_after < 10

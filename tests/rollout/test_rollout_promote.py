@@ -295,6 +295,38 @@ def test_evaluation_job_runs_in_the_background(synced, make_ctx, clock):
     assert events(synced)[-1].action == "auto_rollback"
 
 
+def test_evaluation_job_evaluates_only_while_this_worker_leads(synced, make_ctx, clock):
+    """With many workers each evaluation counts a failure: only the rollout job's leader may evaluate."""
+    import time
+
+    from rollout.promote import EvaluationJob
+
+    class Lease:  # what EvaluationJob asks of monitor.job_lease.JobLease
+        holding = False
+
+        def holds(self) -> bool:
+            return self.holding
+
+    ctx = make_ctx(gates=FAST_GATES, auto_rollback={"enabled": True, "consecutive_failures": 2})
+    _failing_limited_site(synced, ctx, clock)
+    lease = Lease()
+    job = EvaluationJob(synced, ctx, interval=0.05, leader=lease)
+    job.start()
+    try:
+        time.sleep(0.5)  # ten ticks while another worker leads
+        assert job.runs == 0
+        with session_scope(synced) as s:
+            assert store.get_state("north", session=s).stage == "limited"
+        lease.holding = True
+        deadline = time.monotonic() + 10
+        while job.runs < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        job.stop()
+    assert job.runs >= 2
+    assert events(synced)[-1].action == "auto_rollback"
+
+
 def test_ensure_states_creates_a_row_once_from_the_first_data(synced, clock):
     with session_scope(synced) as s:
         add_counts(s, camera_id="cam-n1", hour=START - timedelta(days=20), label="none", predictions=5)

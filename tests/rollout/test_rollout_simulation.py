@@ -168,10 +168,10 @@ def _reviewed(camera_id: str, captured_at: datetime, prediction: Prediction, rea
 
 
 @pytest.fixture
-def sim_engine(sqlite_engine, monitor_config):
-    with session_scope(sqlite_engine) as session:
+def sim_engine(selected_engine, monitor_config):
+    with session_scope(selected_engine) as session:
         sync_sites_and_cameras(monitor_config, session=session)
-    return sqlite_engine
+    return selected_engine
 
 
 def transitions(run: Run) -> list[tuple[str, str, str]]:

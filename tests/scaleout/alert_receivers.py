@@ -21,6 +21,9 @@ class WebhookReceiver:
     Every POST with a valid signature whose Idempotency-Key matches the body's key is
     recorded and answered 204; anything else is recorded as rejected and answered 401.
     ``fail_next`` answers that many valid requests with 503 (a receiver having trouble).
+    ``answer`` (a status) answers every valid request with it instead, and ``refuse``
+    (key -> status) answers the alerts with those keys with theirs; neither is recorded
+    as received. ``attempts`` counts every valid request per key.
     """
 
     def __init__(self, port: int, secret: str) -> None:
@@ -29,6 +32,9 @@ class WebhookReceiver:
         self.received: list[dict[str, Any]] = []
         self.rejected = 0
         self.fail_next = 0
+        self.answer: int | None = None
+        self.refuse: dict[str, int] = {}
+        self.attempts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -46,9 +52,16 @@ class WebhookReceiver:
                 valid = verify_signature(receiver.secret, body, self.headers.get(SIGNATURE_HEADER, ""))
                 payload = json.loads(body) if valid else {}
                 with receiver._lock:
-                    if not valid or self.headers.get(KEY_HEADER) != payload.get("key"):
+                    key = payload.get("key")
+                    if valid:
+                        receiver.attempts[key] = receiver.attempts.get(key, 0) + 1
+                    if not valid or self.headers.get(KEY_HEADER) != key:
                         receiver.rejected += 1
                         status = 401
+                    elif receiver.answer is not None:
+                        status = receiver.answer
+                    elif key in receiver.refuse:
+                        status = receiver.refuse[key]
                     elif receiver.fail_next > 0:
                         receiver.fail_next -= 1
                         status = 503

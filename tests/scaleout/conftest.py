@@ -1,45 +1,23 @@
 """Scale-out fixtures: fresh databases on both backends, synced sites and cameras, routed stills.
 
-``backend_url`` is parametrized over SQLite and PostgreSQL (a fresh schema per test,
-see tests/db_backends.py); ``postgres_url`` is PostgreSQL only, for what only makes
-sense with many processes on one server.
+``scaleout_config`` and ``engine`` are on ``backend_url``: SQLite and PostgreSQL in turn;
+``postgres_url`` is PostgreSQL only, for what only makes sense with many processes on
+one server (both from tests/conftest.py, see tests/db_backends.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sqlalchemy.engine import Engine
 
-from db_backends import sqlite_url
+from db_backends import open_database
 from monitor.config import MonitorConfig
-from monitor.store import SnapshotStore, create_engine_for, init_schema, session_scope, sync_sites_and_cameras
-from monitor.types import Frame, Outcome, Prediction, QueueReason, Route
-
-LABELS = ("grizzly", "black", "polar", "sloth", "panda", "teddy", "none")
-T0 = datetime(2026, 7, 1, 12, 0, tzinfo=timezone.utc)
-CAMERAS = {"north": ["gate", "trail", "creek"], "south": ["lake"]}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path)
-    schemas = request.getfixturevalue("postgres_schemas")
-    url = schemas.create("scaleout")
-    request.addfinalizer(lambda: schemas.drop(url))
-    return url
-
-
-@pytest.fixture
-def postgres_url(request: pytest.FixtureRequest, postgres_schemas) -> str:
-    url = postgres_schemas.create("scaleout")
-    request.addfinalizer(lambda: postgres_schemas.drop(url))
-    return url
+from monitor.store import SnapshotStore
+from monitor.types import Outcome
+from scaleout_helpers import CAMERAS, FakeClock, routed
 
 
 @pytest.fixture
@@ -55,10 +33,7 @@ def scaleout_config(backend_url: str, tmp_path: Path) -> MonitorConfig:
 @pytest.fixture
 def engine(scaleout_config: MonitorConfig) -> Iterator[Engine]:
     """The backend's database with every table and the config's sites and cameras."""
-    engine = create_engine_for(scaleout_config.database)
-    init_schema(engine)
-    with session_scope(engine) as session:
-        sync_sites_and_cameras(scaleout_config, session=session)
+    engine = open_database(scaleout_config)
     yield engine
     engine.dispose()
 
@@ -68,45 +43,9 @@ def snapshots(tmp_path: Path) -> SnapshotStore:
     return SnapshotStore(tmp_path / "snapshots")
 
 
-def routed(
-    camera_id: str = "gate",
-    captured_at: datetime = T0,
-    *,
-    label: str = "grizzly",
-    confidence: float = 0.9,
-    alert: bool = True,
-    queued: bool = True,
-    seed: int = 0,
-) -> Outcome:
-    """A routed still of a camera in CAMERAS: positive, alerting and queued by default."""
-    site = next(site for site, cameras in CAMERAS.items() if camera_id in cameras)
-    others = [name for name in LABELS if name != label]
-    probabilities = {label: confidence, **{name: (1.0 - confidence) / len(others) for name in others}}
-    image = np.random.default_rng(seed).integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
-    return Outcome(
-        site_id=site,
-        frame=Frame(camera_id=camera_id, image=image, captured_at=captured_at),
-        prediction=Prediction(label, confidence, probabilities, "test-model@1"),
-        route=Route(positive=label != "none", review_reason=QueueReason.POSITIVE if queued else None, alert=alert),
-    )
-
-
 @pytest.fixture
 def make_routed() -> Callable[..., Outcome]:
     return routed
-
-
-class FakeClock:
-    """A settable UTC clock for leases and the dispatcher."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -13,7 +11,7 @@ import sqlalchemy
 import yaml
 from sqlmodel import Session
 
-from conftest import T0, routed
+from scaleout_helpers import T0, routed
 from monitor.config import MonitorConfig
 from monitor.store import create_engine_for, init_schema, record_predictions, session_scope, sync_sites_and_cameras
 from monitor.store.copy import all_tables
@@ -22,11 +20,7 @@ from monitor.store.reviews import decide, undo
 from monitor.store.tables import DecisionAction, User
 from monitor.store.users import create_api_token, create_user, start_web_session
 from rollout.promote import RolloutContext, promote
-
-
-def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=180)
+from running_monitor import run_monitor
 
 
 def rows_of(engine) -> dict[str, list[tuple]]:
@@ -78,7 +72,7 @@ def installation(tmp_path):
 
 def test_copy_moves_every_row_and_new_rows_continue_after_the_copied_ids(installation, postgres_url, tmp_path):
     source_url, config = installation
-    copied = run_cli("db", "copy", "--from", source_url, "--to", postgres_url, cwd=tmp_path)
+    copied = run_monitor("db", "copy", "--from", source_url, "--to", postgres_url, cwd=tmp_path)
     assert copied.returncode == 0, copied.stderr
     assert "20 review items, 5 decisions" in copied.stdout
 
@@ -110,10 +104,10 @@ def test_copy_moves_every_row_and_new_rows_continue_after_the_copied_ids(install
     # The copied installation works with the commands: reviews are there.
     (tmp_path / "pg.yaml").write_text(yaml.safe_dump({"database": postgres_url,
                                                       "snapshots": str(config.snapshots)}))
-    listed = run_cli("queue", "list", "-c", "pg.yaml", "--status", "approved", "--json", cwd=tmp_path)
+    listed = run_monitor("queue", "list", "-c", "pg.yaml", "--status", "approved", "--json", cwd=tmp_path)
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2
 
-    again = run_cli("db", "copy", "--from", source_url, "--to", postgres_url, cwd=tmp_path)
+    again = run_monitor("db", "copy", "--from", source_url, "--to", postgres_url, cwd=tmp_path)
     assert again.returncode == 1
     (line,) = again.stderr.strip().splitlines()[-1:]
     assert "already holds data" in line and "copy only into an empty database" in line
@@ -125,7 +119,7 @@ def test_copy_refuses_a_source_that_needs_an_upgrade(installation, postgres_url,
     with engine.begin() as connection:
         connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0001'")
     engine.dispose()
-    refused = run_cli("db", "copy", "--from", source_url, "--to", postgres_url, cwd=tmp_path)
+    refused = run_monitor("db", "copy", "--from", source_url, "--to", postgres_url, cwd=tmp_path)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1].startswith("error: source database")
     assert "`monitor db upgrade`" in refused.stderr
@@ -159,7 +153,7 @@ def test_copying_an_installation_in_use_takes_a_consistent_snapshot(installation
     writer.start()
     try:
         time.sleep(0.5)
-        copied = run_cli("db", "copy", "--from", source_url, "--to", postgres_url, "--batch", "7", cwd=tmp_path)
+        copied = run_monitor("db", "copy", "--from", source_url, "--to", postgres_url, "--batch", "7", cwd=tmp_path)
     finally:
         stop.set()
         writer.join(30)

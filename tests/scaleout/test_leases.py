@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, func, select
 
-from conftest import CAMERAS, T0
+from scaleout_helpers import CAMERAS, T0
 from monitor.leases import LeaseManager, fair_share, lease_table
 from monitor.store.cluster_tables import Alert, CameraLease, OutboxEntry, SampleRow
 from monitor.store.recording import Recorder

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -15,15 +12,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import Session, SQLModel
 
-from conftest import T0
+from scaleout_helpers import T0
 from monitor.store import create_engine_for, init_schema
 from monitor.store.copy import all_tables
 from monitor.store.schema import SchemaOutdated, _config, head_revision, schema_status, upgrade_schema
 from monitor.store.tables import ReviewItem
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+from running_monitor import run_monitor
 
 
 def make_pre_migration_database(url: str, config, snapshots, make_routed) -> int:
@@ -160,18 +154,63 @@ def test_the_commands_name_db_upgrade_and_it_fixes_an_old_database(
 
     for args in (["run", "-c", "monitor.yaml"], ["serve", "-c", "monitor.yaml", "--no-model"],
                  ["queue", "list", "-c", "monitor.yaml"]):
-        refused = run_cli(*args, cwd=tmp_path)
+        refused = run_monitor(*args, cwd=tmp_path)
         assert refused.returncode == 1, (args, refused.stderr)
         (line,) = refused.stderr.strip().splitlines()
         assert line.startswith("error: database ") and "run `monitor db upgrade`" in line, line
-    status = run_cli("db", "status", "-c", "monitor.yaml", cwd=tmp_path)
+    status = run_monitor("db", "status", "-c", "monitor.yaml", cwd=tmp_path)
     assert status.returncode == 1 and "run `monitor db upgrade`" in status.stdout
 
-    upgraded = run_cli("db", "upgrade", "-c", "monitor.yaml", cwd=tmp_path)
+    upgraded = run_monitor("db", "upgrade", "-c", "monitor.yaml", cwd=tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
     assert f"upgraded from an unversioned schema to revision {head_revision()}" in upgraded.stdout
-    again = run_cli("db", "upgrade", "-c", "monitor.yaml", cwd=tmp_path)
+    again = run_monitor("db", "upgrade", "-c", "monitor.yaml", cwd=tmp_path)
     assert again.returncode == 0 and "already at revision" in again.stdout
-    assert run_cli("db", "status", "-c", "monitor.yaml", cwd=tmp_path).returncode == 0
-    listed = run_cli("queue", "list", "-c", "monitor.yaml", "--json", cwd=tmp_path)
+    assert run_monitor("db", "status", "-c", "monitor.yaml", cwd=tmp_path).returncode == 0
+    listed = run_monitor("queue", "list", "-c", "monitor.yaml", "--json", cwd=tmp_path)
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 1
+
+
+def test_revision_0004_keeps_the_outbox_and_allows_dead_letters_and_job_leases(backend_url):
+    engine = create_engine_for(backend_url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(_config(connection), "0003")
+            connection.exec_driver_sql("INSERT INTO sites (id, name) VALUES ('north', 'North')")
+            connection.exec_driver_sql(
+                "INSERT INTO cameras (id, site_id, name, url_display, enabled) VALUES ('gate', 'north', 'Gate', '', true)")
+            connection.execute(sqlalchemy.text(
+                "INSERT INTO alerts (key, site_id, camera_id, captured_at, label, confidence, model_id, created_at) "
+                "VALUES ('k-1', 'north', 'gate', :t, 'grizzly', 0.9, 'm', :t)"), {"t": T0})
+            for target, status in (("ops", "pending"), ("pager", "delivered")):
+                connection.execute(sqlalchemy.text(
+                    "INSERT INTO outbox (alert_id, target, camera_id, payload, status, attempts, next_attempt_at, "
+                    "created_at) VALUES (1, :target, 'gate', '{\"key\": \"k-1\"}', :status, 3, :t, :t)"),
+                    {"target": target, "status": status, "t": T0})
+        assert upgrade_schema(engine) == ("0003", head_revision())
+        with engine.begin() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT target, status, attempts, dead_at, requeued_at FROM outbox ORDER BY id").all()
+            assert [tuple(row) for row in rows] == [("ops", "pending", 3, None, None), ("pager", "delivered", 3, None, None)]
+            connection.exec_driver_sql("UPDATE outbox SET status = 'dead' WHERE target = 'ops'")
+            connection.exec_driver_sql("UPDATE outbox SET status = 'discarded' WHERE target = 'pager'")
+            connection.exec_driver_sql("INSERT INTO job_leases (name, owner) VALUES ('drift', 'w1')")
+            assert connection.exec_driver_sql("SELECT token FROM job_leases").scalar_one() == 0
+        with pytest.raises(sqlalchemy.exc.IntegrityError):  # the status check still holds
+            with engine.begin() as connection:
+                connection.exec_driver_sql("UPDATE outbox SET status = 'lost'")
+        # Ids of pruned entries are never handed out again (SQLite keeps AUTOINCREMENT).
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DELETE FROM outbox WHERE target = 'pager'")
+            connection.exec_driver_sql(
+                "INSERT INTO outbox (alert_id, target, camera_id, payload, next_attempt_at, created_at) "
+                "VALUES (1, 'sms', 'gate', '{}', '2026-07-01', '2026-07-01')")
+            assert connection.exec_driver_sql("SELECT max(id) FROM outbox").scalar_one() == 3
+
+        with engine.begin() as connection:  # and back: dead and discarded entries wait for delivery again
+            command.downgrade(_config(connection), "0003")
+        with engine.connect() as connection:
+            assert {row[0] for row in connection.exec_driver_sql("SELECT status FROM outbox")} == {"pending"}
+            assert "job_leases" not in sqlalchemy.inspect(connection).get_table_names()
+    finally:
+        engine.dispose()

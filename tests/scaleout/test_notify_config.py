@@ -21,6 +21,11 @@ HOOK = {"kind": "webhook", "url": "https://ops.example/hook", "secret_env": "OPS
     ({"notify": {"targets": {"m": {"kind": "mqtt", "qos": 0}}}}, "notify.targets.m.mqtt.qos"),
     ({"notify": {"retry": {"initial": "soon"}}}, "notify.retry.initial"),
     ({"workers": {"lease_ttl": "3s", "heartbeat": "2s"}}, "at most a third of lease_ttl"),
+    ({"notify": {"retry": {"max_age": "never"}}}, "notify.retry.max_age"),
+    ({"notify": {"retry": {"max_age": "1s", "initial": "5s", "max": "10s"}}}, "max_age (1s) must be at least initial"),
+    ({"notify": {"retry": {"initial": "10m", "max": "5m"}}}, "initial (600s) must not be above max (300s)"),
+    ({"notify": {"retry": {"max_attempts": 0}}}, "notify.retry.max_attempts"),
+    ({"notify": {"retry": {"rejected_attempts": 0}}}, "notify.retry.rejected_attempts"),
 ])
 def test_bad_notify_and_workers_config_is_refused_in_one_line(data, message):
     with pytest.raises(ConfigError) as refused:

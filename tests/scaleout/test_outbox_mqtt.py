@@ -24,7 +24,7 @@ import pytest
 from sqlmodel import Session, func, select
 
 from alert_receivers import MqttSubscriber, assert_each_once_in_order
-from conftest import T0
+from scaleout_helpers import T0
 from monitor.notify import Dispatcher, MqttNotifier
 from monitor.notify_config import MqttTarget, RetryConfig
 from monitor.store.cluster_tables import Alert, OutboxEntry

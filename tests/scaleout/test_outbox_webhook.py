@@ -18,7 +18,7 @@ import pytest
 from sqlmodel import Session, func, select
 
 from alert_receivers import WebhookReceiver, assert_each_once_in_order
-from conftest import T0
+from scaleout_helpers import T0
 from monitor.notify import Dispatcher, WebhookNotifier, encode_payload, sign, verify_signature
 from monitor.notify_config import RetryConfig, WebhookTarget
 from monitor.store import SnapshotStore, StoreError

@@ -181,3 +181,72 @@ def test_a_killed_workers_cameras_are_taken_over_and_no_still_is_recorded_twice(
     assert items == distinct_items == len(samples) == frames
     # The survivors handed their cameras back when they stopped.
     assert {owner for _, owner in query(postgres_url, "SELECT camera_id, owner FROM camera_leases")} <= {None, "w1"}
+
+
+def test_one_worker_runs_the_drift_detector_and_another_takes_over_when_it_is_killed(
+    tmp_path, postgres_url, model_cache
+):
+    """Two `monitor run --worker` processes, the drift detector every second: exactly one
+    evaluates (by /metrics and by the job lease); SIGKILL it and the other takes over
+    within ttl + heartbeat and evaluates; the drift flags table has one writer at a time."""
+    clip = make_clip(tmp_path / "clip.mp4", seconds=10, fps=5, width=160, height=120, gop_seconds=1.0)
+    config = {
+        "database": postgres_url,
+        "snapshots": str(tmp_path / "snapshots"),
+        "model_cache": str(model_cache),
+        "metrics": {"port": 0},
+        "pipeline": {"tile_scale": 0, "batch_wait": "20ms"},
+        "workers": {"lease_ttl": f"{TTL}s", "heartbeat": f"{HEARTBEAT}s"},
+        "drift": {"interval": "1s", "metrics_cache": "1s"},
+        "sites": [{"id": "park", "cameras": [
+            {"id": camera, "path": str(clip), "every": "1s", "loop": True} for camera in CAMERAS[:2]]}],
+    }
+    (tmp_path / "monitor.yaml").write_text(yaml.safe_dump(config))
+    workers = {name: Worker(name, tmp_path) for name in ("w1", "w2")}
+
+    def leaders() -> dict[str, bool]:
+        found = {}
+        for name, worker in workers.items():
+            if worker.process.poll() is None:
+                metrics = worker.scrape()
+                found[name] = re.search(r"^monitor_drift_leader\{[^}]*\} 1\.0$", metrics, re.M) is not None
+        return found
+
+    def evaluations(name: str) -> float:
+        found = re.search(r'^monitor_drift_evaluations_total\{outcome="ok",worker="%s"\} (\S+)$' % name,
+                          workers[name].scrape(), re.M)
+        return float(found.group(1)) if found else 0.0
+
+    try:
+        for worker in workers.values():
+            worker.metrics_port()
+        assert wait_until(lambda: sum(leaders().values()) == 1, 60), [w.log.read_text() for w in workers.values()]
+        (leader,) = [name for name, leads in leaders().items() if leads]
+        follower = next(name for name in workers if name != leader)
+        assert query(postgres_url, "SELECT owner FROM job_leases WHERE name = 'drift'") == [(leader,)]
+        rollout_owner = "SELECT owner FROM job_leases WHERE name = 'rollout'"
+        assert wait_until(lambda: query(postgres_url, rollout_owner) in ([("w1",)], [("w2",)]), 10)
+        assert wait_until(lambda: evaluations(leader) >= 3, 30)
+        time.sleep(2)
+        assert evaluations(follower) == 0  # it never evaluated, so never wrote a flag
+        assert "monitor_drift_last_run_timestamp_seconds{" not in workers[follower].scrape()
+
+        workers[leader].process.send_signal(signal.SIGKILL)
+        workers[leader].process.wait(10)
+        killed = time.monotonic()
+        assert wait_until(lambda: leaders() == {follower: True}, TTL + HEARTBEAT + 10), \
+            workers[follower].log.read_text()
+        took_over = time.monotonic() - killed
+        assert wait_until(lambda: evaluations(follower) >= 1, 10)
+        print(f"drift detector taken over {took_over:.1f} s after SIGKILL")
+        assert took_over <= TTL + HEARTBEAT + 5
+        assert query(postgres_url, "SELECT owner FROM job_leases WHERE name = 'drift'") == [(follower,)]
+        # The rollout evaluation is elected the same way: the survivor holds it too.
+        assert wait_until(lambda: query(postgres_url, rollout_owner) == [(follower,)], TTL + HEARTBEAT + 10)
+        assert workers[follower].stop() == 0
+        # Stopped with SIGTERM: the lease is handed back for the next worker.
+        assert query(postgres_url, "SELECT owner FROM job_leases WHERE name = 'drift'") == [(None,)]
+        assert query(postgres_url, rollout_owner) == [(None,)]
+    finally:
+        for worker in workers.values():
+            worker.close()

@@ -1,81 +1,33 @@
 """Store fixtures: the same tests run on a real SQLite file and on a real PostgreSQL.
 
-PostgreSQL comes from $MONITOR_TEST_POSTGRES_URL (default: the local trust-auth server
-on 127.0.0.1:5432, database ``test``). Each test gets its own freshly created schema,
-selected with ``search_path``, and the schema is dropped afterwards. When the server
-cannot be reached the PostgreSQL half is skipped with the reason, unless
-$MONITOR_REQUIRE_POSTGRES is set (CI), where that is a failure.
+``engine`` is built on ``backend_url`` (tests/conftest.py): each backend in turn, a
+fresh PostgreSQL schema per test with a non-UTC session time zone (tests/db_backends.py).
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
-import sqlalchemy
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from monitor.config import MonitorConfig
 from monitor.store import SnapshotStore, create_engine_for, init_schema, sync_sites_and_cameras
-from monitor.store.db import one_line, safe_url
 from monitor.types import Frame, Outcome, Prediction, QueueReason, Route
 
-POSTGRES_URL = os.environ.get("MONITOR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 CAMERA_PASSWORD = "s3cr3t-pa55"
 CAMERA_TOKEN = "tok-9f8e7d"
 LABELS = ("grizzly", "black", "polar", "sloth", "panda", "teddy", "none")
 
 
-@pytest.fixture(scope="session")
-def postgres_admin() -> Iterator[Engine]:
-    """An engine on the test database's default schema, for creating and dropping schemas."""
-    engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 5})
-    try:
-        with engine.connect() as connection:
-            connection.exec_driver_sql("SELECT 1")
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        engine.dispose()
-        reason = (
-            f"PostgreSQL not reachable at {safe_url(POSTGRES_URL)} ({one_line(exc)}); set MONITOR_TEST_POSTGRES_URL"
-        )
-        if os.environ.get("MONITOR_REQUIRE_POSTGRES"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    yield engine
-    engine.dispose()
-
-
-def _make_engine(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
-    if backend == "sqlite":
-        return create_engine_for(f"sqlite:///{tmp_path / 'db' / 'monitor.db'}")
-    admin: Engine = request.getfixturevalue("postgres_admin")
-    schema = f"test_store_{uuid.uuid4().hex[:16]}"
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-
-    def drop() -> None:
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-    # Finalizers run last-in first-out: the engine is disposed (see the fixture) before
-    # the schema is dropped, so no idle connection holds a lock on it.
-    request.addfinalizer(drop)
-    # A session time zone other than UTC, as on many servers: values must still come
-    # back in UTC.
-    options = f"-csearch_path={schema} -ctimezone=Asia/Kolkata"
-    return create_engine_for(POSTGRES_URL, connect_args={"options": options})
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+@pytest.fixture
+def engine(backend_url: str) -> Iterator[Engine]:
     """A real database with the store's tables, on each backend in turn."""
-    engine = _make_engine(request.param, request, tmp_path)
+    engine = create_engine_for(backend_url)
     try:
         init_schema(engine)
         yield engine

@@ -69,7 +69,7 @@ def test_init_schema_creates_tables_and_indexes_and_is_idempotent(engine) -> Non
     assert inspector.get_pk_constraint("label_hours")["constrained_columns"] == ["camera_id", "hour", "label"]
 
 
-@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_postgres_schema_is_isolated_per_test(engine) -> None:
     """The fixture's search_path really points at a fresh schema (so tests cannot leak)."""
     with engine.connect() as connection:
@@ -80,7 +80,7 @@ def test_postgres_schema_is_isolated_per_test(engine) -> None:
             ),
             {"s": schema},
         ).scalar()
-    assert schema.startswith("test_store_")
+    assert schema.startswith("test_")
     assert tables == 1
 
 
@@ -197,7 +197,22 @@ def test_sqlite_folder_that_cannot_be_created_is_a_store_error(tmp_path: Path) -
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+def test_a_table_missing_inside_session_scope_is_a_store_error_on_both_backends(engine) -> None:
+    """SQLite says OperationalError, PostgreSQL ProgrammingError: both are the database's state."""
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE label_hours")
+    with pytest.raises(StoreError, match="label_hours") as caught:
+        with session_scope(engine) as session:
+            session.execute(text("SELECT count(*) FROM label_hours"))
+    assert "\n" not in str(caught.value)
+    if engine.dialect.name == "postgresql":  # SQLite calls this an OperationalError too
+        # A mistake in a statement is not the database's fault: it passes through as it is.
+        with pytest.raises(sqlalchemy.exc.ProgrammingError):
+            with session_scope(engine) as session:
+                session.execute(text("SELEC 1"))
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_lost_postgres_connection_inside_session_scope_is_a_store_error(engine, postgres_admin) -> None:
     with pytest.raises(StoreError) as caught:
         with session_scope(engine) as session:
@@ -211,7 +226,7 @@ def test_lost_postgres_connection_inside_session_scope_is_a_store_error(engine, 
         assert session.execute(text("SELECT 1")).scalar() == 1
 
 
-@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_pooled_connection_killed_while_idle_is_replaced_transparently(engine, postgres_admin) -> None:
     """A server restart between two requests must not fail the second one (pool_pre_ping)."""
     with engine.connect() as connection:
@@ -222,7 +237,7 @@ def test_pooled_connection_killed_while_idle_is_replaced_transparently(engine, p
         assert session.execute(text("SELECT pg_backend_pid()")).scalar() != pid
 
 
-@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_postgres_session_time_zone_does_not_leak_into_values(engine) -> None:
     """The test engines use a +05:30 session time zone; values still come back in UTC."""
     with engine.connect() as connection:

@@ -72,7 +72,7 @@ def test_sync_stores_sites_and_cameras_with_redacted_urls_only(
         assert secret not in repr(raw)
 
 
-@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_no_camera_secret_reaches_the_sqlite_files(synced: Session, engine, camera_secrets: tuple[str, str]) -> None:
     db_file = Path(engine.url.database)
     stored = b"".join(p.read_bytes() for p in db_file.parent.glob(db_file.name + "*"))

@@ -1,7 +1,8 @@
-"""Fixtures for the review UI and API: a real SQLite file, real snapshots, real users.
+"""Fixtures for the review UI and API: a real database, real snapshots, real users.
 
-Every test gets its own database file and snapshot folder, two reviewers (alice and bob),
-and an app built by ``create_web_app`` (no module-level state). ``client`` is FastAPI's
+Every test gets its own database (``database_url``: SQLite, or PostgreSQL in scripts/test's
+second pass) and snapshot folder, two reviewers (alice and bob), and an app built by
+``create_web_app`` (no module-level state). ``client`` is FastAPI's
 TestClient (the real ASGI app in-process); ``live_server`` serves the same app with
 uvicorn on a free port for the browser and for concurrency tests over real HTTP.
 """
@@ -17,14 +18,12 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
+from db_backends import open_database
 from monitor.config import MonitorConfig
-from monitor.store import SnapshotStore, create_engine_for, init_schema, record_predictions, session_scope
-from monitor.store import sync_sites_and_cameras
+from monitor.store import SnapshotStore, record_predictions, session_scope
 from monitor.store.users import create_api_token, create_user
 from monitor.web import WebServer, create_web_app
 from review_helpers import CAMERA_PASSWORD, HOSTILE_NAME, PASSWORDS, T0, SignedIn, outcome, sign_in
-
-
 
 
 @pytest.fixture
@@ -48,10 +47,7 @@ def web_config(tmp_path: Path, database_url: str) -> MonitorConfig:
 
 @pytest.fixture
 def engine(web_config: MonitorConfig) -> Iterator[Engine]:
-    engine = create_engine_for(web_config.database)
-    init_schema(engine)
-    with session_scope(engine) as session:
-        sync_sites_and_cameras(web_config, session=session)
+    engine = open_database(web_config)
     yield engine
     engine.dispose()
 

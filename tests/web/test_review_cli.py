@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import re
-import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from running_monitor import REVIEW_UI_LINE, RunningMonitor, run_monitor
+
 PASSWORD = "correct-horse-battery"
-
-
-def monitor(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], cwd=cwd, input=stdin, capture_output=True,
-                          text=True, timeout=180)
 
 
 @pytest.fixture
@@ -29,61 +21,28 @@ def workdir(tmp_path: Path, database_url: str) -> Path:
     return tmp_path
 
 
-class Background:
-    """A `monitor` subprocess whose log is scanned for the URL it serves on."""
-
-    def __init__(self, args: list[str], cwd: Path, pattern: str) -> None:
-        self.log = cwd / "serve.log"
-        self._file = self.log.open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "monitor.cli", *args], cwd=cwd, stdout=self._file,
-                                        stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            found = re.search(pattern, self.log.read_text())
-            if found:
-                self.base = f"http://127.0.0.1:{found.group(1)}"
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.close()
-        raise AssertionError(f"monitor did not start:\n{self.log.read_text()}")
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(30)
-        finally:
-            self._file.close()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._file.close()
-
-
 def test_user_add_token_create_and_serve(workdir):
-    added = monitor("user", "add", "alice", "-c", "monitor.yaml", "--password-stdin", cwd=workdir, stdin=PASSWORD + "\n")
+    add_alice = ("user", "add", "alice", "-c", "monitor.yaml", "--password-stdin")
+    added = run_monitor(*add_alice, cwd=workdir, stdin=PASSWORD + "\n")
     assert added.returncode == 0, added.stderr
     assert PASSWORD not in added.stdout + added.stderr
-    again = monitor("user", "add", "alice", "-c", "monitor.yaml", "--password-stdin", cwd=workdir, stdin=PASSWORD + "\n")
+    again = run_monitor(*add_alice, cwd=workdir, stdin=PASSWORD + "\n")
     assert again.returncode == 2 and "already exists" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
-    short = monitor("user", "add", "bob", "-c", "monitor.yaml", "--password-stdin", cwd=workdir, stdin="short\n")
+    short = run_monitor("user", "add", "bob", "-c", "monitor.yaml", "--password-stdin", cwd=workdir, stdin="short\n")
     assert short.returncode == 2 and "8 to" in short.stderr
-    odd = monitor("user", "add", "bob smith", "-c", "monitor.yaml", "--password-stdin", cwd=workdir, stdin=PASSWORD)
+    odd = run_monitor("user", "add", "bob smith", "-c", "monitor.yaml", "--password-stdin", cwd=workdir, stdin=PASSWORD)
     assert odd.returncode == 2 and "not allowed" in odd.stderr
-    listed = monitor("user", "list", "-c", "monitor.yaml", cwd=workdir)
+    listed = run_monitor("user", "list", "-c", "monitor.yaml", cwd=workdir)
     assert listed.stdout.split()[:2] == ["alice", "active"]
-    created = monitor("token", "create", "--user", "alice", "--name", "script", "-c", "monitor.yaml", cwd=workdir)
+    created = run_monitor("token", "create", "--user", "alice", "--name", "script", "-c", "monitor.yaml", cwd=workdir)
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     assert token.startswith("mon_")
-    assert monitor("token", "create", "--user", "nobody", "-c", "monitor.yaml", cwd=workdir).returncode == 2
+    assert run_monitor("token", "create", "--user", "nobody", "-c", "monitor.yaml", cwd=workdir).returncode == 2
 
-    server = Background(["serve", "-c", "monitor.yaml", "--port", "0", "--no-model"], workdir,
-                        r"review UI on http://127\.0\.0\.1:(\d+)/")
+    server = RunningMonitor(["serve", "-c", "monitor.yaml", "--port", "0", "--no-model"], workdir,
+                            line=REVIEW_UI_LINE, log="serve.log")
     try:
         assert httpx.get(f"{server.base}/healthz").text == "ok"
         assert httpx.get(f"{server.base}/metrics").status_code == 200
@@ -94,7 +53,7 @@ def test_user_add_token_create_and_serve(workdir):
         assert login.status_code == 200 and "Sign in" in login.text
         assert server.stop() == 0
     finally:
-        server.close()
+        server.kill()
     assert token not in server.log.read_text() and PASSWORD not in server.log.read_text()
 
 
@@ -103,7 +62,7 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_1(workdir):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done = monitor("serve", "-c", "monitor.yaml", "--port", str(port), "--no-model", cwd=workdir)
+        done = run_monitor("serve", "-c", "monitor.yaml", "--port", str(port), "--no-model", cwd=workdir)
     assert done.returncode == 1 and done.stderr.startswith("error: cannot listen on 127.0.0.1:")
     assert len(done.stderr.strip().splitlines()) == 1
 
@@ -113,11 +72,11 @@ def test_monitor_run_serves_the_review_ui_next_to_metrics(tmp_path, model_cache)
     data = tmp_path / "monitor-data"
     data.mkdir()
     (data / "models").symlink_to(model_cache, target_is_directory=True)
-    run = Background(["run", "--metrics-port", "0"], tmp_path, r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
+    run = RunningMonitor(["run", "--metrics-port", "0"], tmp_path)
     try:
         assert "monitor_frames_sampled_total" in httpx.get(f"{run.base}/metrics").text
         assert httpx.get(f"{run.base}/login").status_code == 200
         assert httpx.post(f"{run.base}/api/v1/items/1/decision", json={"action": "approve"}).status_code == 401
         assert run.stop() == 0
     finally:
-        run.close()
+        run.kill()

@@ -12,8 +12,8 @@ from monitor.store.tables import ReviewItem
 from review_helpers import outcome
 
 
-def test_an_old_review_items_table_is_refused_then_gets_the_version_column(tmp_path, web_config, snapshots):
-    engine = create_engine_for(f"sqlite:///{tmp_path / 'old.db'}")
+def test_an_old_review_items_table_is_refused_then_gets_the_version_column(web_config, snapshots):
+    engine = create_engine_for(web_config.database)  # empty: the `engine` fixture would create the tables
     # As the first release left it: that release's tables (revision 0001's), no version
     # table, no review_items.version column, and one review item.
     with engine.begin() as connection:
@@ -22,7 +22,7 @@ def test_an_old_review_items_table_is_refused_then_gets_the_version_column(tmp_p
         connection.exec_driver_sql("ALTER TABLE review_items DROP COLUMN version")
         connection.exec_driver_sql("INSERT INTO sites (id, name) VALUES ('north', 'North')")
         connection.exec_driver_sql(
-            "INSERT INTO cameras (id, site_id, name, url_display, enabled) VALUES ('gate', 'north', 'Gate', '', 1)")
+            "INSERT INTO cameras (id, site_id, name, url_display, enabled) VALUES ('gate', 'north', 'Gate', '', TRUE)")
         connection.exec_driver_sql(
             "INSERT INTO review_items (site_id, camera_id, captured_at, label, confidence, probabilities, model_id, "
             "reason, status, snapshot, created_at) VALUES ('north', 'gate', '2026-07-01 12:00:00.000000', 'grizzly', "

@@ -1,8 +1,11 @@
-"""Exact small-sample statistics the promotion gates rest on.
+"""Exact small-sample statistics the rollout's promotion gates and the drift detector rest on.
 
-Responsible for confidence bounds on proportions (Wilson score, Clopper-Pearson) and
-for the exact conditional test of a Poisson rate ratio. Gates decide on bounds, never
-on point estimates alone, so that a handful of lucky reviews cannot pass a gate.
+Responsible for confidence bounds on proportions (Wilson score, Clopper-Pearson), for
+the exact conditional test of a Poisson rate ratio, and for the binomial and chi-square
+tails behind them. Pure maths with no imports from the rest of the project, so both
+the data plane (:mod:`monitor.drift`) and the control plane (:mod:`rollout.gates`) use
+it without ``monitor`` importing ``rollout``. Gates decide on bounds, never on point
+estimates alone, so that a handful of lucky reviews cannot pass a gate.
 
 The binomial and beta functions come from SciPy when it is installed and are computed
 here otherwise (the regularized incomplete beta function by its continued fraction,

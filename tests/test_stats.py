@@ -1,4 +1,4 @@
-"""The exact statistics under the gates: known values, both code paths, bad input."""
+"""The exact statistics under the rollout gates and the drift detector: known values, both code paths, bad input."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from rollout import stats
-from rollout.stats import (
+from monitor import stats
+from monitor.stats import (
     betainc_pure,
     binom_cdf,
     binom_sf,
@@ -121,3 +121,15 @@ def test_rate_ratio_with_no_events_at_all_is_unbounded():
 def test_impossible_input_is_refused(call):
     with pytest.raises(ValueError):
         call()
+
+
+@pytest.mark.parametrize("module", ["monitor/stats.py", "monitor/drift.py"])
+def test_the_statistics_and_the_drift_detector_do_not_import_rollout(module):
+    """The data plane's maths lives in monitor; rollout imports it, never the other way."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / module).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {name for name in imported if name == "rollout" or name.startswith("rollout.")}
