@@ -31,18 +31,15 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from monitor.store.cluster_tables import JobLease as JobLeaseRow
-from monitor.store.db import StoreError, one_line
+from monitor.store.db import StoreError, dialect_insert, one_line
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
 _JOBS = JobLeaseRow.__table__  # type: ignore[attr-defined]
 DRIFT_JOB = "drift"
 ROLLOUT_JOB = "rollout"  # the periodic gate evaluation (and automatic rollback)
@@ -132,7 +129,7 @@ class JobLease:
         """
         try:
             with self._engine.begin() as connection:
-                insert = _INSERTS[connection.dialect.name]
+                insert = dialect_insert(connection.dialect.name)
                 connection.execute(insert(_JOBS).values(name=self.job).on_conflict_do_nothing(
                     index_elements=["name"]))
         except Exception as exc:

@@ -36,17 +36,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from monitor.store.cluster_tables import CameraLease, WorkerRow
-from monitor.store.db import StoreError, one_line
+from monitor.store.db import StoreError, dialect_insert, one_line
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
 _LEASES = CameraLease.__table__  # type: ignore[attr-defined]
 _WORKERS = WorkerRow.__table__  # type: ignore[attr-defined]
 
@@ -126,7 +123,7 @@ class LeaseManager:
         """
         try:
             with self._engine.begin() as connection:
-                insert = _INSERTS[connection.dialect.name]
+                insert = dialect_insert(connection.dialect.name)
                 rows = [{"camera_id": camera} for camera in self._cameras]
                 if rows:
                     connection.execute(insert(_LEASES).values(rows).on_conflict_do_nothing(
@@ -213,7 +210,7 @@ class LeaseManager:
             self._on_acquired(camera)
 
     def _beat(self, connection: Connection, now: datetime) -> None:
-        insert = _INSERTS[connection.dialect.name]
+        insert = dialect_insert(connection.dialect.name)
         statement = insert(_WORKERS).values(
             name=self.worker, hostname=socket.gethostname(), pid=os.getpid(), started_at=now,
             expires_at=now + self._ttl,

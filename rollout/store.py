@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, true, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from monitor.store.db import dialect_insert
 from monitor.store.tables import Camera, LabelHour, ReviewItem, ReviewStatus
 from monitor.types import QueueReason
 from rollout.stages import Stage
@@ -31,7 +30,6 @@ from rollout.tables import TRANSITIONS, RolloutEvent, ScheduleWindow, SiteStage
 log = logging.getLogger(__name__)
 
 MAX_EVENTS = 1000
-_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
 DECIDED = (ReviewStatus.APPROVED.value, ReviewStatus.REJECTED.value, ReviewStatus.RELABELLED.value)
 
 
@@ -97,7 +95,7 @@ def ensure_states(site_ids: Iterable[str], *, session: Session, now: datetime) -
                    "consecutive_failures": 0, "version": 0}
             # Another process may add the same row at the same moment (a CLI command and
             # `monitor run`); "insert unless there" keeps both from failing.
-            insert = _INSERTS[session.get_bind().dialect.name]
+            insert = dialect_insert(session.get_bind().dialect.name)
             session.execute(insert(SiteStage.__table__).values(row).on_conflict_do_nothing())
             state = get_state(site_id, session=session)
             assert state is not None

@@ -29,15 +29,12 @@ from typing import Any
 
 from sqlalchemy import Table, Text, bindparam, cast, func, literal_column, select
 from sqlalchemy.dialects.postgresql import JSON as JSON_SQL
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlmodel import Session
 
-from monitor.store.db import StoreError
+from monitor.store.db import dialect_insert
 from monitor.store.tables import UTCDateTime
 
-_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
 
 
 def insert_rows(
@@ -105,8 +102,7 @@ def add_counts(table: Table, rows: Sequence[Mapping[str, Any]], *, keys: Sequenc
 
 def _dialect(session: Session) -> str:
     name = session.get_bind().dialect.name
-    if name not in _INSERTS:
-        raise StoreError(f"bulk writes are not supported on {name}; use SQLite or PostgreSQL")
+    dialect_insert(name)  # refuses other databases
     return name
 
 
@@ -143,7 +139,7 @@ def _insert_statement(
     add: tuple[str, ...],
 ) -> Any:
     """Built once per shape: building ``excluded`` and the unnest call is not free."""
-    insert = _INSERTS[dialect]
+    insert = dialect_insert(dialect)
     if dialect == "postgresql":
         # The server turns the JSON back into rows of the table's own type, so each value
         # is parsed by its column's type: no casts or per-column parameters here.

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlmodel import Session
@@ -31,6 +33,21 @@ _MAX_REASON_CHARS = 300
 
 class StoreError(Exception):
     """The database or the snapshot folder cannot be used; the message is one line."""
+
+
+_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
+
+
+def dialect_insert(dialect_name: str) -> Any:
+    """The dialect's ``insert`` construct, which has ``on_conflict_do_*`` (SQLite and PostgreSQL).
+
+    Raises:
+        StoreError: another database.
+    """
+    try:
+        return _INSERTS[dialect_name]
+    except KeyError:
+        raise StoreError(f"{dialect_name} is not supported; use SQLite or PostgreSQL") from None
 
 
 def one_line(exc: BaseException) -> str:
